@@ -1,0 +1,14 @@
+"""liptriton: make any PyTorch model k-Lipschitz, train it fast, prove the bound, ship it.
+
+Example:
+    >>> import torch, liptriton
+    >>> layer = liptriton.bjorck(torch.nn.Linear(16, 8))
+    >>> bool(torch.linalg.matrix_norm(layer.weight.detach(), 2) <= 1.001)
+    True
+"""
+
+from liptriton import config, ops
+
+__version__ = "0.1.0"
+
+__all__ = ["config", "ops", "__version__"]

@@ -1,0 +1,19 @@
+"""Operations: one file each, a pure-torch reference and a Triton kernel dispatched by device."""
+
+from liptriton.ops.bjorck import bjorck, bjorck_coefficients, bjorck_reference
+from liptriton.ops.frobenius import frobenius_normalize, frobenius_normalize_reference
+from liptriton.ops.householder import householder_product, householder_product_reference
+from liptriton.ops.power_iteration import power_iteration, power_iteration_reference, spectral_sigma
+
+__all__ = [
+    "bjorck",
+    "bjorck_coefficients",
+    "bjorck_reference",
+    "frobenius_normalize",
+    "frobenius_normalize_reference",
+    "householder_product",
+    "householder_product_reference",
+    "power_iteration",
+    "power_iteration_reference",
+    "spectral_sigma",
+]

@@ -1,0 +1,120 @@
+"""Björck–Bowie orthonormalization: the public op, its torch reference and its dispatch.
+
+On singular values, one order-1 step is ``s <- (1 + b) s - b s^3``; for ``b = 0.5`` it maps
+[0, 1] into [0, 1] monotonically and converges to 1, so with ``||W||_2 <= 1`` on entry
+every iterate keeps the bound. Higher orders use the LNets coefficients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from liptriton.ops._dispatch import float32_compute, use_triton
+
+__all__ = ["bjorck", "bjorck_reference", "bjorck_coefficients"]
+
+# p(X) = sum_i c_i X (X^T X)^i, Taylor expansion of X (X^T X)^(-1/2) (Anil et al., 2019).
+_HIGHER_ORDERS: dict[int, tuple[float, ...]] = {
+    2: (15 / 8, -5 / 4, 3 / 8),
+    3: (35 / 16, -35 / 16, 21 / 16, -5 / 16),
+    4: (315 / 128, -105 / 32, 189 / 64, -45 / 32, 35 / 128),
+}
+
+
+def bjorck_coefficients(order: int = 1, beta: float = 0.5) -> tuple[float, ...]:
+    """Return the coefficients ``c_i`` of one Björck step ``X <- sum_i c_i X (X^T X)^i``.
+
+    Args:
+        order: 1 to 4. Order 1 is ``(1 + beta, -beta)``; orders 2-4 use fixed coefficients.
+        beta: the order-1 step size, in (0, 0.5].
+
+    Returns:
+        The coefficients, lowest power first.
+
+    Example:
+        >>> bjorck_coefficients(1)
+        (1.5, -0.5)
+    """
+    if order == 1:
+        if not 0.0 < beta <= 0.5:
+            raise ValueError(f"bjorck: beta must be in (0, 0.5] (keeps the bound), got {beta}")
+        return (1.0 + beta, -beta)
+    if order not in _HIGHER_ORDERS:
+        raise ValueError(f"bjorck: order must be 1, 2, 3 or 4, got {order}")
+    return _HIGHER_ORDERS[order]
+
+
+def _check(w: Tensor, n_iters: int) -> None:
+    if not isinstance(w, Tensor) or not w.is_floating_point():
+        raise TypeError(f"bjorck: w must be a floating-point tensor, got {type(w).__name__}"
+                        f"{'' if not isinstance(w, Tensor) else ' of dtype ' + str(w.dtype)}")
+    if w.dim() < 2:
+        raise ValueError(f"bjorck: w must have at least 2 dimensions (..., m, n), got shape {tuple(w.shape)}")
+    if not isinstance(n_iters, int) or n_iters < 1:
+        raise ValueError(f"bjorck: n_iters must be an integer >= 1, got {n_iters!r}")
+
+
+def bjorck_reference(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5) -> Tensor:
+    """Pure-torch Björck iteration (the definition of correct for the Triton kernels).
+
+    The Gram matrix is formed on the smaller side: ``(X X^T) X`` for a wide ``X`` (m < n),
+    ``X (X^T X)`` otherwise. Computed in float32 for half-precision inputs.
+
+    Args:
+        w: weight of shape (..., m, n) with spectral norm <= 1.
+        n_iters: number of steps (a Python int: fixed, not data-dependent).
+        order: order of the polynomial (1 to 4).
+        beta: order-1 step size.
+
+    Returns:
+        The orthonormalized weight, same shape and dtype as ``w``.
+
+    Example:
+        >>> w = torch.randn(8, 5, dtype=torch.float64)
+        >>> q = bjorck_reference(w / torch.linalg.matrix_norm(w, 2), 30)
+        >>> torch.allclose(q.mT @ q, torch.eye(5, dtype=torch.float64), atol=1e-6)
+        True
+    """
+    _check(w, n_iters)
+    coeffs = bjorck_coefficients(order, beta)
+    x = float32_compute(w)
+    wide = x.shape[-2] < x.shape[-1]
+    for _ in range(n_iters):
+        g = x @ x.mT if wide else x.mT @ x
+        # Horner on the Gram: y = c_0 X + G-side products, applied on the Gram's side.
+        acc = x * coeffs[-1]
+        for c in reversed(coeffs[:-1]):
+            acc = (g @ acc if wide else acc @ g) + c * x
+        x = acc
+    return x.to(w.dtype)
+
+
+def bjorck(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5) -> Tensor:
+    """Orthonormalize ``w`` by ``n_iters`` Björck steps (differentiable).
+
+    Dispatches to the fused Triton kernels on CUDA (and on CPU under the interpreter switch)
+    and to :func:`bjorck_reference` elsewhere. The input must satisfy ``||w||_2 <= 1``
+    (normalize it first, e.g. by power iteration); then every singular value of the result
+    lies in [0, 1] whatever ``n_iters``, and converges to 1.
+
+    Args:
+        w: tensor of shape (m, n) or (B, m, n).
+        n_iters: number of steps (>= 1).
+        order: polynomial order, 1 to 4.
+        beta: order-1 step size in (0, 0.5].
+
+    Returns:
+        Tensor of the same shape and dtype, with singular values close to 1.
+
+    Example:
+        >>> import liptriton.ops as ops
+        >>> w = torch.randn(16, 32)
+        >>> q = ops.bjorck(w / torch.linalg.matrix_norm(w, 2), n_iters=25)
+        >>> bool(torch.linalg.svdvals(q).min() > 0.99)
+        True
+    """
+    _check(w, n_iters)
+    if use_triton(w):
+        return torch.ops.liptriton.bjorck(w, n_iters, order, float(beta))
+    return bjorck_reference(w, n_iters, order, beta)
