@@ -1,0 +1,3 @@
+"""nn.Modules: layers, containers, pooling, activations and losses."""
+
+__all__: list[str] = []
