@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from liptriton.ops._dispatch import float32_compute, use_triton
+from liptriton.ops._dispatch import HAS_TRITON, float32_compute, kernel_runnable, use_triton
 
-__all__ = ["bjorck", "bjorck_reference", "bjorck_coefficients"]
+__all__ = ["bjorck", "bjorck_reference", "bjorck_coefficients", "bjorck_vjp_reference"]
 
 # p(X) = sum_i c_i X (X^T X)^i, Taylor expansion of X (X^T X)^(-1/2) (Anil et al., 2019).
 _HIGHER_ORDERS: dict[int, tuple[float, ...]] = {
@@ -90,11 +90,74 @@ def bjorck_reference(w: Tensor, n_iters: int = 15, order: int = 1, beta: float =
     return x.to(w.dtype)
 
 
+def bjorck_vjp_reference(w: Tensor, grad: Tensor, n_iters: int = 15, order: int = 1,
+                         beta: float = 0.5) -> Tensor:
+    """Pure-torch gradient of :func:`bjorck_reference` w.r.t. ``w``, recomputing the iterates.
+
+    The formula the kernels implement. In the wide view X (S x L, S <= L; the transpose of a
+    tall or square weight) one step is ``Y = P X`` with ``P = p(G) = sum_i c_i G^i`` and
+    ``G = X X^T``. With ``P_k = sum_{i >= k} c_i G^(i-k)`` (Horner: ``P_k = G P_{k+1} + c_k I``)
+    and ``D_k = (G^T)^k dP``, its vector-Jacobian product is
+
+        dP = dY X^T,   dG = sum_{k=0}^{order-1} D_k P_{k+1}^T,   dX = P^T dY + (dG + dG^T) X.
+
+    Args:
+        w: the input of the forward, shape (..., m, n).
+        grad: gradient of the loss w.r.t. the forward's output, same shape.
+        n_iters: number of steps of the forward.
+        order: order of the polynomial (1 to 4).
+        beta: order-1 step size.
+
+    Returns:
+        The gradient w.r.t. ``w``, same shape and dtype as ``w``.
+
+    Example:
+        >>> w = torch.randn(3, 5, dtype=torch.float64) / 4
+        >>> g = torch.randn(3, 5, dtype=torch.float64)
+        >>> wr = w.clone().requires_grad_()
+        >>> (bjorck_reference(wr, 3) * g).sum().backward()
+        >>> torch.allclose(bjorck_vjp_reference(w, g, 3), wr.grad)
+        True
+    """
+    _check(w, n_iters)
+    coeffs = bjorck_coefficients(order, beta)
+    x = float32_compute(w)
+    dy = grad.to(x.dtype)
+    if x.shape[-2] >= x.shape[-1]:  # work on the wide view
+        x, dy = x.mT, dy.mT
+    xs = [x]
+    for _ in range(n_iters - 1):
+        g = xs[-1] @ xs[-1].mT
+        acc = xs[-1] * coeffs[-1]
+        for c in reversed(coeffs[:-1]):
+            acc = g @ acc + c * xs[-1]
+        xs.append(acc)
+    eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
+    for x in reversed(xs):
+        g = x @ x.mT
+        ps = [eye * coeffs[-1]]
+        for c in reversed(coeffs[:-1]):
+            ps.insert(0, g @ ps[0] + c * eye)
+        dk = dy @ x.mT
+        dg = dk @ ps[1].mT
+        for k in range(1, len(coeffs) - 1):
+            dk = g.mT @ dk
+            dg = dg + dk @ ps[k + 1].mT
+        dy = ps[0].mT @ dy + (dg + dg.mT) @ x
+    if w.shape[-2] >= w.shape[-1]:
+        dy = dy.mT
+    return dy.to(w.dtype)
+
+
 def bjorck(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5) -> Tensor:
     """Orthonormalize ``w`` by ``n_iters`` Björck steps (differentiable).
 
-    Dispatches to the fused Triton kernels on CUDA (and on CPU under the interpreter switch)
-    and to :func:`bjorck_reference` elsewhere. The input must satisfy ``||w||_2 <= 1``
+    Dispatches to the Triton kernels on CUDA (and on CPU under the interpreter switch) and
+    to :func:`bjorck_reference` elsewhere. On the Triton path a matrix whose smaller side is
+    at most 128 runs all steps in one program (batched: one program per matrix), a larger
+    one runs tiled matmuls with the update in the epilogue; float32 arithmetic ("ieee" dot
+    products) in both; the backward recomputes the iterates from ``w`` (nothing else is
+    saved). float64 inputs take the torch path. The input must satisfy ``||w||_2 <= 1``
     (normalize it first, e.g. by power iteration); then every singular value of the result
     lies in [0, 1] whatever ``n_iters``, and converges to 1.
 
@@ -118,3 +181,42 @@ def bjorck(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5) -> T
     if use_triton(w):
         return torch.ops.liptriton.bjorck(w, n_iters, order, float(beta))
     return bjorck_reference(w, n_iters, order, beta)
+
+
+if HAS_TRITON:
+    from liptriton.kernels.bjorck import bjorck_backward as _kernel_backward
+    from liptriton.kernels.bjorck import bjorck_forward as _kernel_forward
+
+    def _takes_kernel(w: Tensor) -> bool:
+        return kernel_runnable(w) and w.dtype != torch.float64 and w.numel() > 0
+
+    @torch.library.triton_op("liptriton::bjorck", mutates_args=())
+    def _bjorck_op(w: Tensor, n_iters: int, order: int, beta: float) -> Tensor:
+        """Triton path of :func:`bjorck` (fused or tiled by size; autograd registered)."""
+        if not _takes_kernel(w):
+            return bjorck_reference(w, n_iters, order, beta)
+        _check(w, n_iters)
+        m, n = w.shape[-2:]
+        y = _kernel_forward(w.reshape(-1, m, n), n_iters, bjorck_coefficients(order, beta))
+        return y.reshape(w.shape).to(w.dtype)
+
+    @torch.library.triton_op("liptriton::bjorck_backward", mutates_args=())
+    def _bjorck_backward_op(w: Tensor, grad: Tensor, n_iters: int, order: int, beta: float) -> Tensor:
+        """Gradient of ``liptriton::bjorck`` w.r.t. w: recomputes the iterates from w."""
+        if not _takes_kernel(w):
+            return bjorck_vjp_reference(w, grad, n_iters, order, beta)
+        m, n = w.shape[-2:]
+        dx = _kernel_backward(w.reshape(-1, m, n), grad.reshape(-1, m, n), n_iters,
+                              bjorck_coefficients(order, beta))
+        return dx.reshape(w.shape).to(w.dtype)
+
+    def _setup_context(ctx, inputs, output) -> None:
+        w, n_iters, order, beta = inputs
+        ctx.save_for_backward(w)  # only W0: the backward recomputes the iterates
+        ctx.args = (n_iters, order, beta)
+
+    def _backward(ctx, grad: Tensor):
+        (w,) = ctx.saved_tensors
+        return torch.ops.liptriton.bjorck_backward(w, grad, *ctx.args), None, None, None
+
+    torch.library.register_autograd("liptriton::bjorck", _backward, setup_context=_setup_context)

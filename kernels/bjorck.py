@@ -1,0 +1,150 @@
+"""Launchers of the Björck kernels: validate, lay out, pick fused or tiled, launch.
+
+Paths (``min(m, n)`` is the side of the Gram):
+
+* fused (``min(m, n) <= fused_max_small``, default :data:`FUSED_MAX_SMALL` = 128): one program
+  per matrix runs all ``n_iters`` steps (kernels/bjorck_fused.py); any ``max(m, n)``, streamed
+  in column chunks. Batched (B, m, n): B programs.
+* grouped: matrices of different shapes, packed end to end in one flat buffer with a table
+  (offset, S, L, stride_s, stride_l) per matrix, orthogonalized by the same fused kernel in
+  one launch (one program per matrix). Every matrix must fit the fused path.
+* tiled (``min(m, n) > fused_max_small``): tiled matmuls with the update in the epilogue
+  (kernels/bjorck_tiled.py), two launches per order-1 step.
+
+Every path computes in float32 (half inputs are upcast on load) and returns float32; the
+caller casts back. The forward keeps nothing; the backward recomputes the iterates.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from torch.library import wrap_triton
+
+from liptriton.kernels.bjorck_fused import _bjorck_fused_bwd_kernel, _bjorck_fused_fwd_kernel
+from liptriton.kernels.bjorck_tiled import bjorck_tiled_backward, bjorck_tiled_forward
+
+__all__ = ["FUSED_MAX_SMALL", "bjorck_forward", "bjorck_backward", "bjorck_grouped_forward",
+           "bjorck_grouped_backward", "fused_fits"]
+
+#: Largest Gram side (min(m, n)) handled by the one-program-per-matrix kernels.
+FUSED_MAX_SMALL = 128
+
+
+def fused_fits(m: int, n: int, fused_max_small: int | None = None) -> bool:
+    """Return True when an (m, n) matrix takes the fused path."""
+    limit = FUSED_MAX_SMALL if fused_max_small is None else fused_max_small
+    return min(m, n) <= limit
+
+
+def _coeffs5(coeffs: tuple[float, ...]) -> list[float]:
+    if not 2 <= len(coeffs) <= 5:
+        raise ValueError(f"bjorck kernels: expected 2 to 5 coefficients (order 1-4), got {len(coeffs)}")
+    return [float(c) for c in coeffs] + [0.0] * (5 - len(coeffs))
+
+
+def _blocks(s_max: int, l_max: int) -> dict[str, int]:
+    block_s = max(16, triton.next_power_of_2(s_max))
+    block_l = max(16, min(triton.next_power_of_2(l_max), 8192 // block_s))
+    return {"BLOCK_S": block_s, "BLOCK_L": block_l, "num_warps": 4 if block_s <= 32 else 8}
+
+
+def _check_batch(w: torch.Tensor, n_iters: int) -> None:
+    if w.dim() != 3 or not w.is_floating_point():
+        raise ValueError(f"bjorck kernels: expected a floating (B, m, n) tensor, got {w.dtype} {tuple(w.shape)}")
+    if n_iters < 1:
+        raise ValueError(f"bjorck kernels: n_iters must be >= 1, got {n_iters}")
+
+
+def _layout(m: int, n: int) -> tuple[int, int, int, int]:
+    """(S, L, stride_s, stride_l) of the wide view of a contiguous (m, n) matrix."""
+    return (m, n, n, 1) if m < n else (n, m, 1, n)
+
+
+def bjorck_forward(w: torch.Tensor, n_iters: int, coeffs: tuple[float, ...], *,
+                   fused_max_small: int | None = None, precision: str = "ieee") -> torch.Tensor:
+    """``n_iters`` Björck steps of each matrix of ``w`` (B, m, n); returns float32 (B, m, n).
+
+    ``fused_max_small`` overrides :data:`FUSED_MAX_SMALL` (0 forces the tiled path);
+    ``precision`` is the tl.dot input precision ("ieee" or "tf32").
+    """
+    _check_batch(w, n_iters)
+    w = w.contiguous()
+    b, m, n = w.shape
+    if not fused_fits(m, n, fused_max_small):
+        return bjorck_tiled_forward(w, n_iters, tuple(coeffs), precision=precision)
+    y = torch.empty((b, m, n), device=w.device, dtype=torch.float32)
+    s, ln, stride_s, stride_l = _layout(m, n)
+    wrap_triton(_bjorck_fused_fwd_kernel)[(b,)](
+        w, y, w, s, ln, m * n, stride_s, stride_l, int(n_iters), *_coeffs5(coeffs),
+        ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision, **_blocks(s, ln))
+    return y
+
+
+def bjorck_backward(w: torch.Tensor, grad: torch.Tensor, n_iters: int, coeffs: tuple[float, ...], *,
+                    fused_max_small: int | None = None, precision: str = "ieee") -> torch.Tensor:
+    """Gradient w.r.t. ``w`` (B, m, n) of :func:`bjorck_forward`, given ``grad`` of its output."""
+    _check_batch(w, n_iters)
+    w = w.contiguous()
+    grad = grad.contiguous()  # an expanded grad (stride 0) would be read wrongly otherwise
+    b, m, n = w.shape
+    if not fused_fits(m, n, fused_max_small):
+        return bjorck_tiled_backward(w, grad, n_iters, tuple(coeffs), precision=precision)
+    dx = torch.empty((b, m, n), device=w.device, dtype=torch.float32)
+    scratch = torch.empty((max(n_iters - 1, 1), b, m, n), device=w.device, dtype=torch.float32)
+    s, ln, stride_s, stride_l = _layout(m, n)
+    wrap_triton(_bjorck_fused_bwd_kernel)[(b,)](
+        w, grad, dx, scratch, w, s, ln, m * n, stride_s, stride_l, int(n_iters), b * m * n,
+        *_coeffs5(coeffs), ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision, **_blocks(s, ln))
+    return dx
+
+
+def _table(shapes: list[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, int, int, int]:
+    """Per-matrix rows (offset, S, L, stride_s, stride_l), total numel, max S, max L."""
+    rows, off, s_max, l_max = [], 0, 1, 1
+    for m, n in shapes:
+        s, ln, stride_s, stride_l = _layout(m, n)
+        rows.append((off, s, ln, stride_s, stride_l))
+        off += m * n
+        s_max, l_max = max(s_max, s), max(l_max, ln)
+    return torch.tensor(rows, dtype=torch.int64, device=device), off, s_max, l_max
+
+
+def _check_group(flat: torch.Tensor, shapes: list[tuple[int, int]], n_iters: int) -> None:
+    if flat.dim() != 1 or not flat.is_floating_point():
+        raise ValueError(f"bjorck grouped kernels: expected a floating 1-D packed buffer, got {tuple(flat.shape)}")
+    if sum(m * n for m, n in shapes) != flat.numel():
+        raise ValueError(f"bjorck grouped kernels: shapes {shapes} do not add up to {flat.numel()} elements")
+    if n_iters < 1:
+        raise ValueError(f"bjorck grouped kernels: n_iters must be >= 1, got {n_iters}")
+
+
+def bjorck_grouped_forward(flat: torch.Tensor, shapes: list[tuple[int, int]], n_iters: int,
+                           coeffs: tuple[float, ...], *, precision: str = "ieee") -> torch.Tensor:
+    """Björck of many matrices of different shapes in ONE launch (one program per matrix).
+
+    ``flat`` holds the row-major matrices end to end (shapes[i] = (m_i, n_i)); returns the
+    packed float32 result in the same layout.
+    """
+    _check_group(flat, shapes, n_iters)
+    flat = flat.contiguous()
+    table, _, s_max, l_max = _table(shapes, flat.device)
+    y = torch.empty(flat.shape, device=flat.device, dtype=torch.float32)
+    wrap_triton(_bjorck_fused_fwd_kernel)[(len(shapes),)](
+        flat, y, table, 0, 0, 0, 0, 0, int(n_iters), *_coeffs5(coeffs),
+        ORDER=len(coeffs) - 1, GROUPED=True, PRECISION=precision, **_blocks(s_max, l_max))
+    return y
+
+
+def bjorck_grouped_backward(flat: torch.Tensor, grad: torch.Tensor, shapes: list[tuple[int, int]],
+                            n_iters: int, coeffs: tuple[float, ...], *, precision: str = "ieee") -> torch.Tensor:
+    """Gradient of :func:`bjorck_grouped_forward` w.r.t. the packed ``flat``, one launch."""
+    _check_group(flat, shapes, n_iters)
+    flat, grad = flat.contiguous(), grad.contiguous()
+    table, total, s_max, l_max = _table(shapes, flat.device)
+    dx = torch.empty(flat.shape, device=flat.device, dtype=torch.float32)
+    scratch = torch.empty((max(n_iters - 1, 1), total), device=flat.device, dtype=torch.float32)
+    wrap_triton(_bjorck_fused_bwd_kernel)[(len(shapes),)](
+        flat, grad, dx, scratch, table, 0, 0, 0, 0, 0, int(n_iters), total, *_coeffs5(coeffs),
+        ORDER=len(coeffs) - 1, GROUPED=True, PRECISION=precision, **_blocks(s_max, l_max))
+    return dx
