@@ -17,3 +17,8 @@ __all__ = [
     "power_iteration_reference",
     "spectral_sigma",
 ]
+
+from liptriton.ops.bjorck import bjorck_vjp_reference  # noqa: E402
+from liptriton.ops.bjorck_grouped import bjorck_grouped, bjorck_grouped_reference  # noqa: E402
+
+__all__ += ["bjorck_vjp_reference", "bjorck_grouped", "bjorck_grouped_reference"]
