@@ -12,3 +12,7 @@ from liptriton import config, ops
 __version__ = "0.1.0"
 
 __all__ = ["config", "ops", "__version__"]
+
+from liptriton.nn.activations import FullSort, GroupSort, GroupSort2, HouseHolder, LPReLU, MaxMin  # noqa: E402
+
+__all__ += ["MaxMin", "GroupSort", "GroupSort2", "FullSort", "LPReLU", "HouseHolder"]

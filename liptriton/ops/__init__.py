@@ -22,3 +22,8 @@ from liptriton.ops.bjorck import bjorck_vjp_reference  # noqa: E402
 from liptriton.ops.bjorck_grouped import bjorck_grouped, bjorck_grouped_reference  # noqa: E402
 
 __all__ += ["bjorck_vjp_reference", "bjorck_grouped", "bjorck_grouped_reference"]
+
+from liptriton.ops.group_sort import full_sort, group_sort, group_sort_reference  # noqa: E402
+from liptriton.ops.max_min import max_min, max_min_reference  # noqa: E402
+
+__all__ += ["group_sort", "full_sort", "group_sort_reference", "max_min", "max_min_reference"]

@@ -1,0 +1,129 @@
+"""MaxMin kernels: ``y = scale * cat(relu(x), relu(-x))`` along a dim, forward and backward.
+
+Layout: the launcher views a contiguous input as ``(outer, C, inner)`` (a free view); the output
+is ``(outer, 2C, inner)``. Input element ``e = o * C * inner + t`` (``t < C * inner``) writes
+``relu(x)`` at ``o * 2C * inner + t`` and ``relu(-x)`` ``C * inner`` further: both halves of one
+outer slice are contiguous, so loads and stores are coalesced for any ``inner``.
+
+Backward: ``dx = scale * (dy_pos * [x > 0] - dy_neg * [x < 0])`` (relu'(0) = 0, as in torch).
+float16/bfloat16/float32 compute in float32, float64 in float64; a Python float ``scale``
+reaches the kernel as float32, so the launcher scales float64 after the kernel, exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["max_min_forward", "max_min_backward"]
+
+_BLOCK = 1024
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@triton.jit
+def _upcast(b):
+    if b.dtype != tl.float64:
+        b = b.to(tl.float32)
+    return b
+
+
+@triton.jit
+def _max_min_fwd_kernel(x_ptr, y_ptr, n, slice_len, scale, BLOCK: tl.constexpr):
+    i_b = tl.program_id(0)
+    o_e = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m_e = o_e < n
+    # slice_len = C * inner: the positive half of an outer slice, then the negative half.
+    p_pos = (o_e // slice_len) * 2 * slice_len + o_e % slice_len
+    b_x = _upcast(tl.load(x_ptr + o_e, mask=m_e))
+    b_pos = tl.maximum(b_x, 0.0) * scale
+    b_neg = tl.maximum(-b_x, 0.0) * scale
+    tl.store(y_ptr + p_pos, b_pos.to(y_ptr.dtype.element_ty), mask=m_e)
+    tl.store(y_ptr + p_pos + slice_len, b_neg.to(y_ptr.dtype.element_ty), mask=m_e)
+
+
+@triton.jit
+def _max_min_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n, slice_len, scale, BLOCK: tl.constexpr):
+    i_b = tl.program_id(0)
+    o_e = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m_e = o_e < n
+    p_pos = (o_e // slice_len) * 2 * slice_len + o_e % slice_len
+    b_x = _upcast(tl.load(x_ptr + o_e, mask=m_e))
+    b_dpos = _upcast(tl.load(dy_ptr + p_pos, mask=m_e))
+    b_dneg = _upcast(tl.load(dy_ptr + p_pos + slice_len, mask=m_e))
+    b_dx = (tl.where(b_x > 0, b_dpos, 0.0) - tl.where(b_x < 0, b_dneg, 0.0)) * scale
+    tl.store(dx_ptr + o_e, b_dx.to(dx_ptr.dtype.element_ty), mask=m_e)
+
+
+def _slice_len(x: torch.Tensor, dim: int, who: str) -> int:
+    if not 0 <= dim < x.dim():
+        raise ValueError(f"{who}: dim must be in [0, {x.dim()}), got {dim}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"{who}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    inner = 1
+    for s in x.shape[dim:]:
+        inner *= s
+    return inner  # C * inner
+
+
+def _direct(kernel):
+    return kernel
+
+
+def max_min_forward(x: torch.Tensor, dim: int, scale: float = 1.0, launch=_direct) -> torch.Tensor:
+    """``scale * cat(relu(x), relu(-x), dim)`` in one pass.
+
+    Args:
+        x: floating tensor.
+        dim: the doubled dimension, in [0, x.dim()).
+        scale: multiplies the output.
+        launch: wraps a kernel before its launch (``torch.library.wrap_triton`` in a triton_op).
+
+    Returns:
+        A contiguous tensor with ``2 * x.shape[dim]`` entries along ``dim``.
+    """
+    slice_len = _slice_len(x, dim, "max_min_forward")
+    x = x.contiguous()
+    shape = list(x.shape)
+    shape[dim] *= 2
+    y = torch.empty(shape, dtype=x.dtype, device=x.device)
+    n = x.numel()
+    if n == 0:
+        return y
+    scale = float(scale)
+    kernel_scale = 1.0 if x.dtype == torch.float64 else scale
+    grid = (triton.cdiv(n, _BLOCK),)
+    launch(_max_min_fwd_kernel)[grid](x, y, n, slice_len, kernel_scale, BLOCK=_BLOCK, num_warps=4)
+    return y.mul_(scale) if kernel_scale != scale else y
+
+
+def max_min_backward(dy: torch.Tensor, x: torch.Tensor, dim: int, scale: float = 1.0,
+                     launch=_direct) -> torch.Tensor:
+    """Gradient of :func:`max_min_forward` w.r.t. ``x``.
+
+    Args:
+        dy: gradient of the output (``2 * x.shape[dim]`` entries along ``dim``).
+        x: the forward input.
+        dim: as in the forward.
+        scale: as in the forward.
+        launch: as in :func:`max_min_forward`.
+
+    Returns:
+        A contiguous tensor shaped like ``x``.
+    """
+    slice_len = _slice_len(x, dim, "max_min_backward")
+    expected = list(x.shape)
+    expected[dim] *= 2
+    if list(dy.shape) != expected:
+        raise ValueError(f"max_min_backward: dy must have shape {tuple(expected)}, got {tuple(dy.shape)}")
+    x, dy = x.contiguous(), dy.contiguous()
+    dx = torch.empty_like(x)
+    n = x.numel()
+    if n == 0:
+        return dx
+    scale = float(scale)
+    kernel_scale = 1.0 if x.dtype == torch.float64 else scale
+    grid = (triton.cdiv(n, _BLOCK),)
+    launch(_max_min_bwd_kernel)[grid](dy, x, dx, n, slice_len, kernel_scale, BLOCK=_BLOCK, num_warps=4)
+    return dx.mul_(scale) if kernel_scale != scale else dx

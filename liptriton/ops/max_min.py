@@ -1,0 +1,142 @@
+"""MaxMin: the public op, its torch reference and its dispatch.
+
+``max_min(x, dim) = scale * cat(relu(x), relu(-x), dim)`` (the concatenation deel-torchlip
+computes). For each entry the pair ``(relu(x), relu(-x))`` has norm ``|x|`` and, for two inputs
+of opposite signs, ``|x - y|^2 >= x^2 + y^2``: the map is 1-Lipschitz in l2 and reaches 1 (on
+inputs of one sign), so with ``scale = k`` it is exactly k-Lipschitz.
+
+On CUDA (or CPU under the interpreter switch) the triton_ops ``liptriton::max_min`` and
+``liptriton::max_min_backward`` run the kernels of :mod:`liptriton.kernels.max_min`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from liptriton.ops._dispatch import HAS_TRITON, kernel_runnable, use_triton
+from liptriton.ops.group_sort import normalize_dim
+
+__all__ = ["max_min", "max_min_reference", "max_min_backward_reference", "check_max_min_args"]
+
+
+def check_max_min_args(x: Tensor, dim: int | None, who: str) -> int:
+    """Validate the input of a max-min and resolve ``dim``.
+
+    Args:
+        x: the input; a floating-point tensor with at least one dimension.
+        dim: the doubled dimension; None means 0 for a 1-D input and 1 otherwise (deel-torchlip).
+        who: the function or module named in the errors.
+
+    Returns:
+        The resolved dimension, >= 0.
+
+    Example:
+        >>> check_max_min_args(torch.zeros(4), None, "MaxMin")
+        0
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who}: input must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who}: input must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{who}: input must have at least one dimension, got a scalar")
+    if dim is None:
+        return 0 if x.dim() == 1 else 1
+    return normalize_dim(x, dim, who)
+
+
+def max_min_reference(x: Tensor, dim: int | None = None, scale: float = 1.0) -> Tensor:
+    """Pure-torch ``scale * cat(relu(x), relu(-x), dim)``.
+
+    Args:
+        x: floating tensor.
+        dim: the doubled dimension; None: 0 for 1-D input, else 1.
+        scale: multiplies the output.
+
+    Returns:
+        Tensor with twice as many entries along ``dim``.
+
+    Example:
+        >>> max_min_reference(torch.tensor([1.0, -2.0]))
+        tensor([1., 0., 0., 2.])
+    """
+    dim = check_max_min_args(x, dim, "max_min_reference")
+    return torch.cat((F.relu(x), F.relu(-x)), dim=dim) * scale
+
+
+def max_min_backward_reference(grad: Tensor, x: Tensor, dim: int, scale: float = 1.0) -> Tensor:
+    """Pure-torch gradient of :func:`max_min_reference` w.r.t. ``x`` (relu'(0) = 0).
+
+    Args:
+        grad: gradient of the output (twice ``x.shape[dim]`` along ``dim``).
+        x: the forward input.
+        dim: the resolved dimension (>= 0).
+        scale: as in the forward.
+
+    Returns:
+        Tensor shaped like ``x``.
+
+    Example:
+        >>> max_min_backward_reference(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, -2.0]), 0)
+        tensor([ 1., -4.])
+    """
+    g_pos, g_neg = grad.split(x.shape[dim], dim)
+    zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+    return (torch.where(x > 0, g_pos, zero) - torch.where(x < 0, g_neg, zero)) * scale
+
+
+if HAS_TRITON:
+    from torch.library import triton_op, wrap_triton
+
+    from liptriton.kernels import max_min as _kernels
+
+    @triton_op("liptriton::max_min", mutates_args=())
+    def _max_min_op(x: Tensor, dim: int, scale: float) -> Tensor:
+        if not kernel_runnable(x):
+            return max_min_reference(x, dim, scale)
+        return _kernels.max_min_forward(x, dim, scale, launch=wrap_triton)
+
+    @triton_op("liptriton::max_min_backward", mutates_args=())
+    def _max_min_backward_op(grad: Tensor, x: Tensor, dim: int, scale: float) -> Tensor:
+        if not kernel_runnable(x):
+            return max_min_backward_reference(grad, x, dim, scale)
+        return _kernels.max_min_backward(grad, x, dim, scale, launch=wrap_triton)
+
+    def _setup_context(ctx, inputs, output) -> None:
+        x, ctx.dim, ctx.scale = inputs
+        ctx.save_for_backward(x)
+
+    def _backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        return torch.ops.liptriton.max_min_backward(grad, x, ctx.dim, ctx.scale), None, None
+
+    _max_min_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def max_min(x: Tensor, dim: int | None = None, scale: float = 1.0) -> Tensor:
+    """MaxMin ``scale * cat(relu(x), relu(-x), dim)`` (differentiable; Triton on CUDA).
+
+    Args:
+        x: floating tensor of any rank >= 1.
+        dim: the doubled dimension; None: 0 for a 1-D input, 1 otherwise; negative counts
+            from the end.
+        scale: multiplies the output, fused into the kernel.
+
+    Returns:
+        Tensor with ``2 * x.shape[dim]`` entries along ``dim``.
+
+    Raises:
+        TypeError: non-floating input or non-int dim.
+        ValueError: dim out of range.
+
+    Example:
+        >>> import liptriton.ops as ops
+        >>> ops.max_min(torch.tensor([[1.0, -2.0]]))
+        tensor([[1., 0., 0., 2.]])
+    """
+    dim = check_max_min_args(x, dim, "max_min")
+    if use_triton(x) and x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return torch.ops.liptriton.max_min(x, dim, float(scale))
+    return max_min_reference(x, dim, scale)
