@@ -2,9 +2,11 @@
 
 Paths (``min(m, n)`` is the side of the Gram):
 
-* fused (``min(m, n) <= fused_max_small``, default :data:`FUSED_MAX_SMALL` = 128): one program
+* fused (``min(m, n) <= fused_max_small``; default :func:`fused_limit`: 128 on GPUs with at
+  least 160 KiB of shared memory per block (A100, H100) and on CPU, 64 elsewhere): one program
   per matrix runs all ``n_iters`` steps (kernels/bjorck_fused.py); any ``max(m, n)``, streamed
-  in column chunks. Batched (B, m, n): B programs.
+  in column chunks. Batched (B, m, n): B programs. The S x S blocks (Gram, polynomial) are
+  staged in shared memory by tl.dot: two 128 x 128 float32 operands take 128 KiB.
 * grouped: matrices of different shapes, packed end to end in one flat buffer with a table
   (offset, S, L, stride_s, stride_l) per matrix, orthogonalized by the same fused kernel in
   one launch (one program per matrix). Every matrix must fit the fused path.
@@ -25,15 +27,25 @@ from liptriton.kernels.bjorck_fused import _bjorck_fused_bwd_kernel, _bjorck_fus
 from liptriton.kernels.bjorck_tiled import bjorck_tiled_backward, bjorck_tiled_forward
 
 __all__ = ["FUSED_MAX_SMALL", "bjorck_forward", "bjorck_backward", "bjorck_grouped_forward",
-           "bjorck_grouped_backward", "fused_fits"]
+           "bjorck_grouped_backward", "fused_fits", "fused_limit"]
 
-#: Largest Gram side (min(m, n)) handled by the one-program-per-matrix kernels.
-FUSED_MAX_SMALL = 128
+#: Largest Gram side (min(m, n)) of the one-program-per-matrix kernels; None: :func:`fused_limit`.
+FUSED_MAX_SMALL: int | None = None
 
 
-def fused_fits(m: int, n: int, fused_max_small: int | None = None) -> bool:
-    """Return True when an (m, n) matrix takes the fused path."""
-    limit = FUSED_MAX_SMALL if fused_max_small is None else fused_max_small
+def fused_limit(device: torch.device) -> int:
+    """Largest Gram side the fused kernels take on ``device`` (shared memory decides)."""
+    if FUSED_MAX_SMALL is not None:
+        return FUSED_MAX_SMALL
+    if device.type != "cuda":
+        return 128
+    smem = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
+    return 128 if smem >= 160 * 1024 else 64
+
+
+def fused_fits(m: int, n: int, device: torch.device, fused_max_small: int | None = None) -> bool:
+    """Return True when an (m, n) matrix takes the fused path on ``device``."""
+    limit = fused_limit(device) if fused_max_small is None else fused_max_small
     return min(m, n) <= limit
 
 
@@ -65,13 +77,13 @@ def bjorck_forward(w: torch.Tensor, n_iters: int, coeffs: tuple[float, ...], *,
                    fused_max_small: int | None = None, precision: str = "ieee") -> torch.Tensor:
     """``n_iters`` Björck steps of each matrix of ``w`` (B, m, n); returns float32 (B, m, n).
 
-    ``fused_max_small`` overrides :data:`FUSED_MAX_SMALL` (0 forces the tiled path);
+    ``fused_max_small`` overrides :func:`fused_limit` (0 forces the tiled path);
     ``precision`` is the tl.dot input precision ("ieee" or "tf32").
     """
     _check_batch(w, n_iters)
     w = w.contiguous()
     b, m, n = w.shape
-    if not fused_fits(m, n, fused_max_small):
+    if not fused_fits(m, n, w.device, fused_max_small):
         return bjorck_tiled_forward(w, n_iters, tuple(coeffs), precision=precision)
     y = torch.empty((b, m, n), device=w.device, dtype=torch.float32)
     s, ln, stride_s, stride_l = _layout(m, n)
@@ -88,7 +100,7 @@ def bjorck_backward(w: torch.Tensor, grad: torch.Tensor, n_iters: int, coeffs: t
     w = w.contiguous()
     grad = grad.contiguous()  # an expanded grad (stride 0) would be read wrongly otherwise
     b, m, n = w.shape
-    if not fused_fits(m, n, fused_max_small):
+    if not fused_fits(m, n, w.device, fused_max_small):
         return bjorck_tiled_backward(w, grad, n_iters, tuple(coeffs), precision=precision)
     dx = torch.empty((b, m, n), device=w.device, dtype=torch.float32)
     scratch = torch.empty((max(n_iters - 1, 1), b, m, n), device=w.device, dtype=torch.float32)

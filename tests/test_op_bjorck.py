@@ -74,6 +74,16 @@ def test_fused_forward_backward(interpret, nan_empty, shape, order):
     assert_close(dw, dw_ref, iterative=True)
 
 
+def test_public_op_takes_the_kernels(interpret, monkeypatch):
+    module = sys.modules["liptriton.ops.bjorck"]
+    calls = []
+    for name in ("_kernel_forward", "_kernel_backward"):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    _run(_normalized((4, 6)), torch.randn(4, 6), 2, 1)
+    assert calls == ["_kernel_forward", "_kernel_backward"]
+
+
 def test_fused_non_contiguous_and_expanded_grad(interpret, nan_empty):
     w = _normalized((9, 6)).mT  # non-contiguous (6, 9)
     g = torch.randn(1, 9).expand(6, 9)  # stride-0 gradient
