@@ -16,3 +16,26 @@ __all__ = ["config", "ops", "__version__"]
 from liptriton.nn.activations import FullSort, GroupSort, GroupSort2, HouseHolder, LPReLU, MaxMin  # noqa: E402
 
 __all__ += ["MaxMin", "GroupSort", "GroupSort2", "FullSort", "LPReLU", "HouseHolder"]
+
+from liptriton import distributed, metrics  # noqa: E402
+from liptriton.functional.losses import process_labels_for_multi_gpu  # noqa: E402
+from liptriton.nn.losses import (  # noqa: E402
+    HingeMarginLoss,
+    HingeMulticlassLoss,
+    HKRLoss,
+    HKRMulticlassLoss,
+    KRLoss,
+    KRMulticlassLoss,
+    NegKRLoss,
+)
+from liptriton.nn.losses_multiclass import (  # noqa: E402
+    CategoricalHingeLoss,
+    LseHKRMulticlassLoss,
+    SoftHKRMulticlassLoss,
+    TauBCEWithLogitsLoss,
+    TauCrossEntropyLoss,
+)
+
+__all__ += ["distributed", "metrics", "process_labels_for_multi_gpu", "KRLoss", "NegKRLoss", "HingeMarginLoss",
+            "HKRLoss", "KRMulticlassLoss", "HingeMulticlassLoss", "HKRMulticlassLoss", "SoftHKRMulticlassLoss",
+            "LseHKRMulticlassLoss", "TauCrossEntropyLoss", "TauBCEWithLogitsLoss", "CategoricalHingeLoss"]

@@ -15,3 +15,23 @@ from liptriton.functional.activations import (  # noqa: E402
 )
 
 __all__ += ["max_min", "group_sort", "group_sort_2", "full_sort", "lipschitz_prelu", "householder_activation"]
+
+from liptriton.functional.losses import (  # noqa: E402
+    apply_reduction,
+    hinge_margin_loss,
+    hkr_loss,
+    kr_loss,
+    neg_kr_loss,
+    process_labels_for_multi_gpu,
+)
+from liptriton.functional.losses_multiclass import (  # noqa: E402
+    categorical_hinge_loss,
+    hinge_multiclass_loss,
+    hkr_multiclass_loss,
+    lse_hkr_multiclass_loss,
+    soft_hkr_multiclass_loss,
+)
+
+__all__ += ["apply_reduction", "kr_loss", "neg_kr_loss", "hinge_margin_loss", "hkr_loss",
+            "process_labels_for_multi_gpu", "hinge_multiclass_loss", "hkr_multiclass_loss",
+            "categorical_hinge_loss", "lse_hkr_multiclass_loss", "soft_hkr_multiclass_loss"]

@@ -27,3 +27,7 @@ from liptriton.ops.group_sort import full_sort, group_sort, group_sort_reference
 from liptriton.ops.max_min import max_min, max_min_reference  # noqa: E402
 
 __all__ += ["group_sort", "full_sort", "group_sort_reference", "max_min", "max_min_reference"]
+
+from liptriton.ops.multiclass_hinge import multiclass_hkr, multiclass_hkr_reference  # noqa: E402
+
+__all__ += ["multiclass_hkr", "multiclass_hkr_reference"]
