@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from liptriton.ops._dispatch import use_triton
+from liptriton.ops._dispatch import HAS_TRITON, kernel_runnable, use_triton
 
 __all__ = ["power_iteration", "power_iteration_reference", "spectral_sigma"]
 
@@ -90,7 +90,8 @@ def power_iteration(w: Tensor, u: Tensor, v: Tensor, n_iters: int = 1,
     """
     _check(w, u, v, n_iters)
     if use_triton(w):
-        return torch.ops.liptriton.power_iteration(w, u, v, n_iters, float(eps))
+        # The op has no autograd: detach so that tensors requiring grad pass through it.
+        return torch.ops.liptriton.power_iteration(w.detach(), u.detach(), v.detach(), n_iters, float(eps))
     return power_iteration_reference(w, u, v, n_iters, eps)
 
 
@@ -110,3 +111,18 @@ def spectral_sigma(w: Tensor, u: Tensor, v: Tensor) -> Tensor:
         tensor(1.)
     """
     return (u.unsqueeze(-2) @ w @ v.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
+
+if HAS_TRITON:
+    from liptriton.kernels.power_iteration import power_iteration_forward
+
+    @torch.library.triton_op("liptriton::power_iteration", mutates_args=())
+    def _power_iteration_op(w: Tensor, u: Tensor, v: Tensor, n_iters: int,
+                            eps: float) -> tuple[Tensor, Tensor]:
+        """Triton path of :func:`power_iteration` (not differentiable: no autograd registered)."""
+        if not kernel_runnable(w) or w.numel() == 0:
+            return power_iteration_reference(w, u, v, n_iters, eps)
+        _check(w, u, v, n_iters)
+        m, n = w.shape[-2:]
+        u_new, v_new = power_iteration_forward(w.reshape(-1, m, n), u.reshape(-1, m), n_iters, eps)
+        return u_new.reshape(u.shape).to(w.dtype), v_new.reshape(v.shape).to(w.dtype)
