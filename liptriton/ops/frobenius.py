@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from liptriton.ops._dispatch import float32_compute, use_triton
+from liptriton.ops._dispatch import HAS_TRITON, float32_compute, kernel_runnable, use_triton
 
 __all__ = ["frobenius_normalize", "frobenius_normalize_reference"]
 
@@ -71,3 +71,49 @@ def frobenius_normalize(w: Tensor, disjoint_neurons: bool = False, eps: float = 
     if use_triton(w):
         return torch.ops.liptriton.frobenius_normalize(w, bool(disjoint_neurons), float(eps))
     return frobenius_normalize_reference(w, disjoint_neurons, eps)
+
+
+def _rows(w: Tensor, disjoint_neurons: bool) -> Tensor:
+    """The (R, K) view the kernels work on: one row per neuron, or one row in all."""
+    return w.reshape(w.shape[0], -1) if disjoint_neurons and w.dim() > 1 else w.reshape(1, -1)
+
+
+def _frobenius_backward_reference(grad: Tensor, w: Tensor, disjoint_neurons: bool, eps: float) -> Tensor:
+    """Torch formula of the backward: ``g / n - x <g, x> / n^3`` (no second term where n < eps)."""
+    x, g = _rows(float32_compute(w), disjoint_neurons), _rows(float32_compute(grad), disjoint_neurons)
+    norm = x.norm(dim=1, keepdim=True)
+    inv = 1.0 / norm.clamp_min(eps)
+    c = (g * x).sum(dim=1, keepdim=True) * inv**3 * (norm >= eps).to(x.dtype)
+    return (g * inv - x * c).reshape(w.shape).to(w.dtype)
+
+
+if HAS_TRITON:
+    from liptriton.kernels.frobenius import frobenius_backward, frobenius_forward
+
+    @torch.library.triton_op("liptriton::frobenius_normalize", mutates_args=())
+    def _frobenius_normalize_op(w: Tensor, disjoint_neurons: bool, eps: float) -> Tensor:
+        """Triton path of :func:`frobenius_normalize` (one fused norm-and-scale kernel)."""
+        if not kernel_runnable(w):
+            return frobenius_normalize_reference(w, disjoint_neurons, eps)
+        _check(w)
+        return frobenius_forward(_rows(w, disjoint_neurons), eps).reshape(w.shape)
+
+    @torch.library.triton_op("liptriton::frobenius_normalize_backward", mutates_args=())
+    def _frobenius_normalize_backward_op(grad: Tensor, w: Tensor, disjoint_neurons: bool,
+                                         eps: float) -> Tensor:
+        """Gradient of ``liptriton::frobenius_normalize`` wrt ``w`` (Triton, or the torch formula)."""
+        if not kernel_runnable(w):
+            return _frobenius_backward_reference(grad, w, disjoint_neurons, eps)
+        rows = _rows(w, disjoint_neurons)
+        return frobenius_backward(grad.reshape(rows.shape), rows, eps).reshape(w.shape)
+
+    def _setup_context(ctx, inputs, output) -> None:
+        w, disjoint_neurons, eps = inputs
+        ctx.save_for_backward(w)
+        ctx.disjoint_neurons, ctx.eps = disjoint_neurons, eps
+
+    def _backward(ctx, grad: Tensor):
+        (w,) = ctx.saved_tensors
+        return torch.ops.liptriton.frobenius_normalize_backward(grad, w, ctx.disjoint_neurons, ctx.eps), None, None
+
+    torch.library.register_autograd("liptriton::frobenius_normalize", _backward, setup_context=_setup_context)
