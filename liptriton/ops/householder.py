@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from liptriton.ops._dispatch import float32_compute, use_triton
+from liptriton.ops._dispatch import HAS_TRITON, float32_compute, kernel_runnable, use_triton
 
 __all__ = ["householder_product", "householder_product_reference"]
 
@@ -82,3 +82,64 @@ def householder_product(v: Tensor, rows: int, cols: int, eps: float = _EPS) -> T
     if use_triton(v):
         return torch.ops.liptriton.householder_product(v, int(rows), int(cols), float(eps))
     return householder_product_reference(v, rows, cols, eps)
+
+
+def _householder_backward_reference(grad: Tensor, v: Tensor, rows: int, cols: int, eps: float) -> Tensor:
+    """Torch formula of the backward (as the kernel: recompute, then undo one reflection at a time).
+
+    With ``X_k = H_k X_{k+1}``, ``G_k = dL/dX_k``, ``w = X_{k+1}^T v_k``, ``z = G_k^T v_k``:
+    ``dL/dv_k = -s_k (G_k w + X_{k+1} z) + s_k^2 (w . z) v_k`` and ``G_{k+1} = H_k G_k``.
+    """
+    x = float32_compute(v)
+    d = x.shape[1]
+    sq = (x * x).sum(dim=1)
+    scale = 2.0 / sq.clamp_min(eps)
+    unclamped = (sq >= eps).to(x.dtype)
+    out = torch.eye(d, cols, dtype=x.dtype, device=x.device)
+    for i in range(x.shape[0] - 1, -1, -1):
+        out = out - (scale[i] * x[i]).unsqueeze(1) * (x[i] @ out).unsqueeze(0)
+    g = torch.zeros_like(out)
+    g[:rows] = float32_compute(grad)
+    dv = []
+    for k in range(x.shape[0]):
+        vk, sk = x[k], scale[k]
+        out = out - (sk * vk).unsqueeze(1) * (vk @ out).unsqueeze(0)
+        w, z = vk @ out, vk @ g
+        dv.append(-sk * (g @ w + out @ z) + unclamped[k] * sk * sk * (w @ z) * vk)
+        g = g - (sk * vk).unsqueeze(1) * z.unsqueeze(0)
+    return torch.stack(dv).to(v.dtype)
+
+
+if HAS_TRITON:
+    from liptriton.kernels.householder import HOUSEHOLDER_MAX_DIM, householder_backward, householder_forward
+
+    def _runnable(v: Tensor) -> bool:
+        return kernel_runnable(v) and v.shape[1] <= HOUSEHOLDER_MAX_DIM and v.shape[0] > 0
+
+    @torch.library.triton_op("liptriton::householder_product", mutates_args=())
+    def _householder_product_op(v: Tensor, rows: int, cols: int, eps: float) -> Tensor:
+        """Triton path of :func:`householder_product` (torch reference beyond the kernel's d)."""
+        if not _runnable(v):
+            return householder_product_reference(v, rows, cols, eps)
+        _check(v, rows, cols)
+        return householder_forward(v, rows, cols, eps)
+
+    @torch.library.triton_op("liptriton::householder_product_backward", mutates_args=())
+    def _householder_product_backward_op(grad: Tensor, v: Tensor, rows: int, cols: int,
+                                         eps: float) -> Tensor:
+        """Gradient of ``liptriton::householder_product`` wrt ``v`` (iterates recomputed)."""
+        if not _runnable(v):
+            return _householder_backward_reference(grad, v, rows, cols, eps)
+        return householder_backward(grad, v, rows, cols, eps)
+
+    def _setup_context(ctx, inputs, output) -> None:
+        v, rows, cols, eps = inputs
+        ctx.save_for_backward(v)
+        ctx.rows, ctx.cols, ctx.eps = rows, cols, eps
+
+    def _backward(ctx, grad: Tensor):
+        (v,) = ctx.saved_tensors
+        grad_v = torch.ops.liptriton.householder_product_backward(grad, v, ctx.rows, ctx.cols, ctx.eps)
+        return grad_v, None, None, None
+
+    torch.library.register_autograd("liptriton::householder_product", _backward, setup_context=_setup_context)
