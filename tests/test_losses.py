@@ -318,3 +318,70 @@ def test_soft_hkr_running_mean_is_a_buffer():
     other = liptriton.SoftHKRMulticlassLoss(min_margin=0.5)
     other.load_state_dict(loss.state_dict())
     assert torch.equal(other.current_mean, frozen)
+
+
+# ---------------------------------------------------------------- torch.compile
+
+import torch._dynamo.testing  # noqa: E402
+
+COMPILE_CASES = [
+    ("KRLoss", lambda: liptriton.KRLoss(), 1), ("NegKRLoss", lambda: liptriton.NegKRLoss(), 1),
+    ("HingeMarginLoss", lambda: liptriton.HingeMarginLoss(), 1), ("HKRLoss", lambda: liptriton.HKRLoss(0.9), 1),
+    ("KRMulticlassLoss", lambda: liptriton.KRMulticlassLoss(), C),
+    ("HingeMulticlassLoss", lambda: liptriton.HingeMulticlassLoss(), C),
+    ("HKRMulticlassLoss", lambda: liptriton.HKRMulticlassLoss(0.9), C),
+    ("SoftHKRMulticlassLoss", lambda: liptriton.SoftHKRMulticlassLoss(0.9), C),
+    ("LseHKRMulticlassLoss", lambda: liptriton.LseHKRMulticlassLoss(0.9), C),
+    ("CategoricalHingeLoss", lambda: liptriton.CategoricalHingeLoss(), C),
+    ("TauCrossEntropyLoss", lambda: liptriton.TauCrossEntropyLoss(5.0), C),
+    ("TauBCEWithLogitsLoss", lambda: liptriton.TauBCEWithLogitsLoss(5.0), 1),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", COMPILE_CASES, ids=_ids(COMPILE_CASES))
+def test_compiled_training_step_fullgraph_no_recompile(case):
+    _, make_loss, classes = case
+    model = torch.nn.Linear(4, classes)
+    loss_fn, eager_loss_fn = make_loss(), make_loss()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    torch._dynamo.reset()
+
+    def step(x, y):
+        return loss_fn(model(x), y)
+
+    compiled = torch.compile(step, backend=counter, fullgraph=True, dynamic=True)
+    frames = []
+    for n in (8, 12):
+        x = torch.randn(n, 4)
+        y = torch.arange(n) % classes if classes > 1 else (torch.arange(n) % 2).float().unsqueeze(1)
+        loss = compiled(x, y)
+        (grad,) = torch.autograd.grad(loss, model.weight)
+        eager = eager_loss_fn(model(x), y)
+        (eager_grad,) = torch.autograd.grad(eager, model.weight)
+        assert_close(loss, eager)
+        assert_close(grad, eager_grad)
+        frames.append(counter.frame_count)
+    # fullgraph=True already fails on a graph break; the second batch size must not recompile (the
+    # first compile may count twice when Dynamo restarts its analysis to specialize Python floats).
+    assert frames[1] == frames[0], f"recompiled for a new batch size: {frames}"
+
+
+@pytest.mark.slow
+def test_compiled_functional_inductor_no_recompile_across_batch_sizes():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    with liptriton.config.compile_functionals(True):
+        for n in (8, 12, 20):
+            x = torch.randn(n, C, requires_grad=True)
+            y = torch.arange(n) % C
+            loss = LF.hkr_multiclass_loss(x, y, 0.9, reduction="mean")
+            (grad,) = torch.autograd.grad(loss, x)
+            with liptriton.config.compile_functionals(False):
+                eager = LF.hkr_multiclass_loss(x, y, 0.9, reduction="mean")
+            (eager_grad,) = torch.autograd.grad(eager, x)
+            assert_close(loss, eager)
+            assert_close(grad, eager_grad)
+    assert counters["stats"]["unique_graphs"] == 1
