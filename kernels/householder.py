@@ -134,6 +134,9 @@ def householder_forward(v: torch.Tensor, rows: int, cols: int, eps: float,
 
     Returns:
         (rows, cols) tensor in the dtype of ``v``.
+
+    Example:
+        >>> q = householder_forward(torch.randn(512, 512, device="cuda"), 256, 512, 1e-12)  # doctest: +SKIP
     """
     block_d, block_c, warps = _plan(v, rows, cols, 8192, "householder_forward", block_c)
     v = v.contiguous()
@@ -158,6 +161,10 @@ def householder_backward(grad: torch.Tensor, v: torch.Tensor, rows: int, cols: i
 
     Returns:
         (r, d) gradient in the dtype of ``v``.
+
+    Example:
+        >>> v = torch.randn(16, 16, device="cuda")  # doctest: +SKIP
+        >>> dv = householder_backward(torch.ones(16, 8, device="cuda"), v, 16, 8, 1e-12)  # doctest: +SKIP
     """
     block_d, block_c, warps = _plan(v, rows, cols, 4096, "householder_backward", block_c)
     if grad.shape != (rows, cols):

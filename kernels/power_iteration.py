@@ -178,6 +178,10 @@ def power_iteration_forward(w: torch.Tensor, u: torch.Tensor, n_iters: int, eps:
 
     Returns:
         ``(u, v)``: float32 unit vectors of shapes (B, m) and (B, n).
+
+    Example:
+        >>> w = torch.randn(2, 64, 32, device="cuda")  # doctest: +SKIP
+        >>> u, v = power_iteration_forward(w, torch.randn(2, 64, device="cuda"), 10, 1e-12)  # doctest: +SKIP
     """
     if w.dim() != 3 or u.shape != w.shape[:2]:
         raise ValueError(f"power_iteration_forward: expected w (B, m, n) and u (B, m), got "
@@ -212,5 +216,6 @@ def power_iteration_forward(w: torch.Tensor, u: torch.Tensor, n_iters: int, eps:
         torch.library.wrap_triton(_normalize_kernel)[(batch,)](u_out, m, eps, BLOCK=block_m, num_warps=4)
         torch.library.wrap_triton(_normalize_kernel)[(batch,)](v_out, n, eps, BLOCK=block_n, num_warps=4)
     else:
-        raise ValueError(f"power_iteration_forward: variant must be 'fused', 'tiled' or None, got {variant!r}")
+        raise ValueError(f"power_iteration_forward: variant must be 'fused', 'tiled' or None, "
+                         f"got {variant!r}")
     return u_out, v_out

@@ -114,6 +114,7 @@ if HAS_TRITON:
 
     def _backward(ctx, grad: Tensor):
         (w,) = ctx.saved_tensors
-        return torch.ops.liptriton.frobenius_normalize_backward(grad, w, ctx.disjoint_neurons, ctx.eps), None, None
+        grad_w = torch.ops.liptriton.frobenius_normalize_backward(grad, w, ctx.disjoint_neurons, ctx.eps)
+        return grad_w, None, None
 
     torch.library.register_autograd("liptriton::frobenius_normalize", _backward, setup_context=_setup_context)
