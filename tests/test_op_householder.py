@@ -83,6 +83,14 @@ def test_zero_rows_and_expanded_grad(interpret, nan_empty):
     assert torch.equal(grad[1], torch.zeros(6))
 
 
+def test_no_reflections_is_identity_block(interpret):
+    v = torch.zeros(0, 5, requires_grad=True)
+    q = householder_product(v, 3, 5)
+    assert torch.equal(q, torch.eye(3, 5))
+    q.sum().backward()
+    assert v.grad.shape == (0, 5)
+
+
 @pytest.mark.parametrize("shape", [(9, 9), (5, 12), (12, 5)], ids=["square", "wide", "tall"])
 def test_orthonormal_float64(shape, interpret, nan_empty):
     rows, cols = shape

@@ -107,7 +107,7 @@ def _householder_backward_reference(grad: Tensor, v: Tensor, rows: int, cols: in
         w, z = vk @ out, vk @ g
         dv.append(-sk * (g @ w + out @ z) + unclamped[k] * sk * sk * (w @ z) * vk)
         g = g - (sk * vk).unsqueeze(1) * z.unsqueeze(0)
-    return torch.stack(dv).to(v.dtype)
+    return torch.stack(dv).to(v.dtype) if dv else torch.zeros_like(v)
 
 
 if HAS_TRITON:
