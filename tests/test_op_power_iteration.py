@@ -95,8 +95,12 @@ def test_requires_grad_inputs_pass(interpret):
 @pytest.mark.parametrize("variant", ["fused", "tiled"])
 @pytest.mark.parametrize("shape", [(7, 5), (20, 12), (5, 20)], ids=["7x5", "20x12", "5x20"])
 def test_sigma_converges_to_spectral_norm(shape, variant, interpret):
-    w, u, _ = _inputs(shape)
-    u_new, v_new = _launch(w, u, 200, variant)
+    # Planted spectrum 3 * 0.7^k: with this gap 40 steps leave an error far below float32 rounding.
+    m, n = shape
+    q_left = torch.linalg.qr(torch.randn(m, min(m, n), dtype=torch.float64))[0]
+    q_right = torch.linalg.qr(torch.randn(n, min(m, n), dtype=torch.float64))[0]
+    w = ((q_left * (3.0 * 0.7 ** torch.arange(min(m, n), dtype=torch.float64))) @ q_right.mT).float()
+    u_new, v_new = _launch(w, torch.randn(m), 40, variant)
     sigma = spectral_sigma(w, u_new, v_new)
     expected = torch.linalg.matrix_norm(w.double(), 2).float()
     torch.testing.assert_close(sigma, expected, **tol(torch.float32, iterative=True))
