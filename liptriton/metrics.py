@@ -26,7 +26,8 @@ def _check(fn: str, logits: Tensor, lipschitz_constant: float) -> Tensor:
     if not isinstance(logits, Tensor) or not logits.is_floating_point():
         raise TypeError(f"{fn}: logits must be a floating-point tensor")
     if logits.dim() not in (1, 2) or logits.shape[0] == 0 or (logits.dim() == 2 and logits.shape[1] == 0):
-        raise ValueError(f"{fn}: logits must have shape (N,) or (N, C) with N, C >= 1, got {tuple(logits.shape)}")
+        raise ValueError(f"{fn}: logits must have shape (N,) or (N, C) with N, C >= 1, "
+                         f"got {tuple(logits.shape)}")
     if not float(lipschitz_constant) > 0.0:
         raise ValueError(f"{fn}: lipschitz_constant must be > 0, got {lipschitz_constant}")
     return logits.unsqueeze(-1) if logits.dim() == 1 else logits

@@ -22,8 +22,9 @@ REDUCTIONS = ["none", "mean", "sum", "auto"]
 # ---------------------------------------------------------------- independent float64 formulas (numpy)
 
 def _np_reduce(per_sample: np.ndarray, reduction: str) -> np.ndarray:
-    return {"none": per_sample, "mean": per_sample.mean(), "auto": per_sample.mean(), "sum": per_sample.sum()}[
-        reduction]
+    if reduction == "none":
+        return per_sample
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
 
 def np_kr(x, y):
@@ -115,9 +116,11 @@ BINARY = [
     ("HKRLoss", lambda r: liptriton.HKRLoss(0.8, 1.3, reduction=r),
      lambda r: torchlip.HKRLoss(0.8, 1.3, reduction=r),
      lambda x, y: 0.8 * np_hinge(x, y, 1.3) - 0.2 * np_kr(x, y)),
-    ("HKRLoss-a0", lambda r: liptriton.HKRLoss(0.0, reduction=r), lambda r: torchlip.HKRLoss(0.0, reduction=r),
+    ("HKRLoss-a0", lambda r: liptriton.HKRLoss(0.0, reduction=r),
+     lambda r: torchlip.HKRLoss(0.0, reduction=r),
      lambda x, y: -np_kr(x, y)),
-    ("HKRLoss-a1", lambda r: liptriton.HKRLoss(1.0, reduction=r), lambda r: torchlip.HKRLoss(1.0, reduction=r),
+    ("HKRLoss-a1", lambda r: liptriton.HKRLoss(1.0, reduction=r),
+     lambda r: torchlip.HKRLoss(1.0, reduction=r),
      lambda x, y: np_hinge(x, y, 1.0)),
     ("TauBCEWithLogitsLoss", lambda r: liptriton.TauBCEWithLogitsLoss(3.0, reduction=r),
      lambda r: torchlip.TauBCEWithLogitsLoss(3.0, reduction=r), None),
@@ -209,7 +212,8 @@ def test_functionals_are_per_sample_and_match_torchlip():
              (LF.hinge_margin_loss(x, y, 0.5), torchlip.functional.hinge_margin_loss(x, y, 0.5)),
              (LF.hkr_loss(x, y, 0.3), torchlip.functional.hkr_loss(x, y, 0.3)),
              (LF.hinge_multiclass_loss(x, y), torchlip.functional.hinge_multiclass_loss(x, y)),
-             (LF.hkr_multiclass_loss(x, y, 0.9, 2.0), torchlip.functional.hkr_multiclass_loss(x, y, 0.9, 2.0))]
+             (LF.hkr_multiclass_loss(x, y, 0.9, 2.0),
+              torchlip.functional.hkr_multiclass_loss(x, y, 0.9, 2.0))]
     for ours, theirs in pairs:
         assert ours.shape == (N,)
         assert_close(ours, theirs)
@@ -326,7 +330,8 @@ import torch._dynamo.testing  # noqa: E402
 
 COMPILE_CASES = [
     ("KRLoss", lambda: liptriton.KRLoss(), 1), ("NegKRLoss", lambda: liptriton.NegKRLoss(), 1),
-    ("HingeMarginLoss", lambda: liptriton.HingeMarginLoss(), 1), ("HKRLoss", lambda: liptriton.HKRLoss(0.9), 1),
+    ("HingeMarginLoss", lambda: liptriton.HingeMarginLoss(), 1),
+    ("HKRLoss", lambda: liptriton.HKRLoss(0.9), 1),
     ("KRMulticlassLoss", lambda: liptriton.KRMulticlassLoss(), C),
     ("HingeMulticlassLoss", lambda: liptriton.HingeMulticlassLoss(), C),
     ("HKRMulticlassLoss", lambda: liptriton.HKRMulticlassLoss(0.9), C),

@@ -36,7 +36,8 @@ def _loss_factories(liptriton):
         "KRMulticlassLoss": (lambda **k: liptriton.KRMulticlassLoss(**k), N_CLASSES),
         "HingeMulticlassLoss": (lambda **k: liptriton.HingeMulticlassLoss(**k), N_CLASSES),
         "HKRMulticlassLoss": (lambda **k: liptriton.HKRMulticlassLoss(0.9, **k), N_CLASSES),
-        "HKRMulticlassLoss-sum": (lambda **k: liptriton.HKRMulticlassLoss(0.9, reduction="sum", **k), N_CLASSES),
+        "HKRMulticlassLoss-sum": (lambda **k: liptriton.HKRMulticlassLoss(0.9, reduction="sum", **k),
+                                  N_CLASSES),
         "LseHKRMulticlassLoss": (lambda **k: liptriton.LseHKRMulticlassLoss(0.8, **k), N_CLASSES),
         "SoftHKRMulticlassLoss": (lambda **k: liptriton.SoftHKRMulticlassLoss(0.8, **k), N_CLASSES),
         "CategoricalHingeLoss": (lambda **k: liptriton.CategoricalHingeLoss(**k), N_CLASSES),
@@ -145,7 +146,8 @@ def _worker(rank: int, port: int, error_dir: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed (gloo)")
+@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32",
+                    reason="needs torch.distributed (gloo)")
 def test_gathered_losses_and_ddp_training_two_processes():
     with tempfile.TemporaryDirectory() as error_dir:
         try:

@@ -22,7 +22,8 @@ def test_radius_formulas():
     # Without labels: the radius of the predicted class.
     assert_close(metrics.certified_radius(logits), torch.tensor([2.0, 0.5, 3.0]) / math.sqrt(2))
     # One-hot labels are class indices.
-    assert_close(metrics.certified_radius(logits, torch.eye(3)[labels]), metrics.certified_radius(logits, labels))
+    assert_close(metrics.certified_radius(logits, torch.eye(3)[labels]),
+                 metrics.certified_radius(logits, labels))
     # Binary: |f| / L, signed by the label ({0, 1} or {-1, 1}).
     f = torch.tensor([[1.5], [-0.5], [0.2]])
     assert_close(metrics.certified_radius(f, torch.tensor([1, 0, 0]), 0.5), torch.tensor([3.0, 1.0, -0.4]))
@@ -53,7 +54,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match="certified_radius: labels must be class indices"):
         metrics.certified_radius(torch.randn(3, 2), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="certified_robust_accuracy: eps"):
-        metrics.certified_robust_accuracy(torch.randn(3, 2), torch.zeros(3, dtype=torch.long), torch.zeros(2, 2))
+        metrics.certified_robust_accuracy(torch.randn(3, 2), torch.zeros(3, dtype=torch.long),
+                                          torch.zeros(2, 2))
 
 
 # ---------------------------------------------------------------- PGD on a trained Lipschitz model
@@ -98,8 +100,8 @@ def _pgd_l2(model, x, label, eps, steps=40):
 @pytest.mark.slow
 def test_pgd_never_flips_a_prediction_within_its_certified_radius():
     x, y = _toy_data()
-    model = torch.nn.Sequential(_lipschitz_linear(2, 16), _GroupSort2(), _lipschitz_linear(16, 16), _GroupSort2(),
-                                _lipschitz_linear(16, 3))
+    model = torch.nn.Sequential(_lipschitz_linear(2, 16), _GroupSort2(), _lipschitz_linear(16, 16),
+                                _GroupSort2(), _lipschitz_linear(16, 3))
     loss_fn = liptriton.HKRMulticlassLoss(alpha=0.95, min_margin=0.5)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(40):

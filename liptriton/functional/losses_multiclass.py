@@ -14,14 +14,7 @@ import torch
 from torch import Tensor
 
 from liptriton._compile import compiled_functional
-from liptriton.functional._loss_utils import (
-    apply_reduction,
-    check_alpha,
-    check_input,
-    check_reduction,
-    check_target,
-    maybe_gather,
-)
+from liptriton.functional._loss_utils import apply_reduction, check_alpha
 from liptriton.functional.losses import _hkr_core, _prepare
 
 __all__ = ["hinge_multiclass_loss", "hkr_multiclass_loss", "categorical_hinge_loss",

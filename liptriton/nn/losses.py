@@ -124,7 +124,8 @@ class HingeMarginLoss(LipschitzLoss):
         tensor(0.1500)
     """
 
-    def __init__(self, min_margin: float = 1.0, reduction: str = "mean", gather_distributed: bool = False) -> None:
+    def __init__(self, min_margin: float = 1.0, reduction: str = "mean",
+                 gather_distributed: bool = False) -> None:
         super().__init__(reduction, gather_distributed)
         self.min_margin = float(min_margin)
 
@@ -155,7 +156,8 @@ class HKRLoss(LipschitzLoss):
         tensor(-0.5250)
     """
 
-    def __init__(self, alpha: float, min_margin: float = 1.0, multi_gpu: bool = False, reduction: str = "mean",
+    def __init__(self, alpha: float, min_margin: float = 1.0, multi_gpu: bool = False,
+                 reduction: str = "mean",
                  true_values=None, gather_distributed: bool = False) -> None:
         super().__init__(reduction, gather_distributed)
         _no_true_values(type(self).__name__, true_values)
@@ -164,8 +166,8 @@ class HKRLoss(LipschitzLoss):
         self.multi_gpu = bool(multi_gpu)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return LF.hkr_loss(input, target, self.alpha, self.min_margin, self.multi_gpu, reduction=self.reduction,
-                           gather_distributed=self.gather_distributed)
+        return LF.hkr_loss(input, target, self.alpha, self.min_margin, self.multi_gpu,
+                           reduction=self.reduction, gather_distributed=self.gather_distributed)
 
 
 class KRMulticlassLoss(LipschitzLoss):
@@ -185,7 +187,8 @@ class KRMulticlassLoss(LipschitzLoss):
         torch.Size([])
     """
 
-    def __init__(self, multi_gpu: bool = False, reduction: str = "mean", gather_distributed: bool = False) -> None:
+    def __init__(self, multi_gpu: bool = False, reduction: str = "mean",
+                 gather_distributed: bool = False) -> None:
         super().__init__(reduction, gather_distributed)
         self.multi_gpu = bool(multi_gpu)
 
@@ -212,7 +215,8 @@ class HingeMulticlassLoss(LipschitzLoss):
         tensor(0.6333)
     """
 
-    def __init__(self, min_margin: float = 1.0, reduction: str = "mean", gather_distributed: bool = False) -> None:
+    def __init__(self, min_margin: float = 1.0, reduction: str = "mean",
+                 gather_distributed: bool = False) -> None:
         super().__init__(reduction, gather_distributed)
         self.min_margin = float(min_margin)
 
@@ -241,7 +245,8 @@ class HKRMulticlassLoss(LipschitzLoss):
         torch.Size([])
     """
 
-    def __init__(self, alpha: float, min_margin: float = 1.0, multi_gpu: bool = False, reduction: str = "mean",
+    def __init__(self, alpha: float, min_margin: float = 1.0, multi_gpu: bool = False,
+                 reduction: str = "mean",
                  gather_distributed: bool = False) -> None:
         super().__init__(reduction, gather_distributed)
         self.alpha = compat_alpha(type(self).__name__, alpha)

@@ -87,7 +87,8 @@ class LseHKRMulticlassLoss(LipschitzLoss):
         torch.Size([])
     """
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 1.0, penalty: float = 1.0, min_margin: float = 1.0,
+    def __init__(self, alpha: float = 1.0, temperature: float = 1.0, penalty: float = 1.0,
+                 min_margin: float = 1.0,
                  reduction: str = "mean", gather_distributed: bool = False) -> None:
         super().__init__(reduction, gather_distributed)
         self.alpha = compat_alpha(type(self).__name__, alpha)
@@ -117,7 +118,8 @@ class CategoricalHingeLoss(LipschitzLoss):
         tensor(0.)
     """
 
-    def __init__(self, min_margin: float = 1.0, reduction: str = "mean", gather_distributed: bool = False) -> None:
+    def __init__(self, min_margin: float = 1.0, reduction: str = "mean",
+                 gather_distributed: bool = False) -> None:
         super().__init__(reduction, gather_distributed)
         self.min_margin = float(min_margin)
 
