@@ -53,6 +53,7 @@ def _upcast(b):
 
 @triton.jit
 def _pair_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, BLOCK: tl.constexpr):
+    scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
     o_r = i_r.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_r = o_r < n_rows
@@ -69,6 +70,7 @@ def _pair_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, BLOCK: tl.constexpr):
 
 @triton.jit
 def _pair_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n_rows, inner, scale, BLOCK: tl.constexpr):
+    scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
     o_r = i_r.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_r = o_r < n_rows
@@ -98,6 +100,7 @@ def _sorted_keys(x_ptr, p_x, m_x, o_j):
 @triton.jit
 def _sort_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, G: tl.constexpr, GP: tl.constexpr,
                      BLOCK_R: tl.constexpr):
+    scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
     o_r = i_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     o_j = tl.arange(0, GP)
@@ -112,6 +115,7 @@ def _sort_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, G: tl.constexpr, GP: tl
 @triton.jit
 def _sort_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n_rows, inner, scale, G: tl.constexpr, GP: tl.constexpr,
                      BLOCK_R: tl.constexpr):
+    scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
     o_r = i_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     o_j = tl.arange(0, GP)
@@ -172,7 +176,7 @@ def _launch(fwd: bool, x: torch.Tensor, dy: torch.Tensor | None, group_size: int
         launch(kernel)[grid](*args, n_rows, inner, kernel_scale, BLOCK=_PAIR_BLOCK, num_warps=4)
         return out.mul_(scale) if kernel_scale != scale else out
     gp = triton.next_power_of_2(group_size)
-    block_r = max(1, min(_TILE // gp, triton.next_power_of_2(n_rows)))
+    block_r = max(1, _TILE // gp)  # independent of n_rows: no shape guard under torch.compile
     grid = (triton.cdiv(n_rows, block_r),)
     kernel = _sort_fwd_kernel if fwd else _sort_bwd_kernel
     launch(kernel)[grid](*args, n_rows, inner, scale, G=group_size, GP=gp, BLOCK_R=block_r,

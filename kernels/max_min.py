@@ -31,6 +31,7 @@ def _upcast(b):
 
 @triton.jit
 def _max_min_fwd_kernel(x_ptr, y_ptr, n, slice_len, scale, BLOCK: tl.constexpr):
+    scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_b = tl.program_id(0)
     o_e = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_e = o_e < n
@@ -45,6 +46,7 @@ def _max_min_fwd_kernel(x_ptr, y_ptr, n, slice_len, scale, BLOCK: tl.constexpr):
 
 @triton.jit
 def _max_min_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n, slice_len, scale, BLOCK: tl.constexpr):
+    scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_b = tl.program_id(0)
     o_e = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_e = o_e < n

@@ -54,10 +54,12 @@ def check_k_coef_lip(k_coef_lip: float, who: str) -> float:
         >>> check_k_coef_lip(2, "GroupSort")
         2.0
     """
-    if isinstance(k_coef_lip, bool) or not isinstance(k_coef_lip, (int, float)):
+    if isinstance(k_coef_lip, bool) or not isinstance(k_coef_lip, (int, float, torch.SymInt, torch.SymFloat)):
         raise TypeError(f"{who}: k_coef_lip must be a positive float, got {type(k_coef_lip).__name__}")
-    if not (math.isfinite(k_coef_lip) and k_coef_lip > 0):
+    if not 0 < k_coef_lip < math.inf:  # also false for NaN
         raise ValueError(f"{who}: k_coef_lip must be a finite positive float, got {k_coef_lip}")
+    if isinstance(k_coef_lip, (torch.SymInt, torch.SymFloat)):
+        return k_coef_lip  # symbolic under torch.compile(dynamic=True): keep it so
     return float(k_coef_lip)
 
 
