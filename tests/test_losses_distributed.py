@@ -94,6 +94,36 @@ def _check_multi_gpu_labels(rank, liptriton):
     torch.testing.assert_close(grad / WORLD, full_grad)
 
 
+def _check_compiled_gather(rank, liptriton):
+    # Inside a user's fullgraph-compiled step the gather is a traceable functional collective
+    # (equal local batch sizes); a second batch size does not recompile.
+    import torch._dynamo.testing
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, N_CLASSES)
+    loss_fn = liptriton.HKRMulticlassLoss(0.9, gather_distributed=True)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    step = torch.compile(lambda x, y: loss_fn(model(x), y), backend=counter, fullgraph=True, dynamic=True)
+    frames = []
+    for n_local in (5, 7):  # not 3 or 4: equal sizes share one symbol (duck shapes) with C or the features
+        x = torch.randn(WORLD * n_local, 4)
+        y = torch.arange(WORLD * n_local) % N_CLASSES
+        full = liptriton.HKRMulticlassLoss(0.9)(model(x), y)
+        full.backward()
+        full_grad = _grads(model).clone()
+        model.zero_grad()
+        sl = slice(rank * n_local, (rank + 1) * n_local)
+        local = step(x[sl], y[sl])
+        local.backward()
+        grad = _grads(model).clone()
+        model.zero_grad()
+        dist.all_reduce(grad)
+        torch.testing.assert_close(local, full)
+        torch.testing.assert_close(grad / WORLD, full_grad)
+        frames.append(counter.frame_count)
+    assert frames[0] == frames[1], f"recompiled for a new batch size: {frames}"
+
+
 def _lipschitz_model(liptriton):
     def lin(a, b):
         layer = torch.nn.Linear(a, b)
@@ -134,6 +164,7 @@ def _worker(rank: int, port: int, error_dir: str) -> None:
 
         _check_gathered_losses(rank, liptriton)
         _check_multi_gpu_labels(rank, liptriton)
+        _check_compiled_gather(rank, liptriton)
         _check_ddp_training(rank, liptriton)
     except BaseException as exc:  # report to the parent, which fails the test with the message
         with open(os.path.join(error_dir, f"rank{rank}.txt"), "w") as f:

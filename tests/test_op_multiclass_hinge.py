@@ -6,6 +6,7 @@ import pytest
 import torch
 from _tolerances import assert_close
 
+import liptriton
 import liptriton.ops as ops
 from liptriton.ops._dispatch import HAS_TRITON
 
@@ -110,3 +111,20 @@ def test_kernel_matches_reference_gpu(n, c):
     ref_loss, ref_grad = _run(ops.multiclass_hkr_reference, x, *args)
     assert_close(loss, ref_loss, dtype="tf32")
     assert_close(grad, ref_grad, dtype="tf32")
+
+
+@pytest.mark.interpreter
+def test_losses_through_the_kernel_equal_torch_path(interpret, nan_empty, device):
+    import liptriton.functional as LF
+
+    x = torch.randn(13, 6, device=device)
+    y = torch.arange(13, device=device) % 6
+    fns = [lambda x: LF.kr_loss(x, y), lambda x: LF.hinge_multiclass_loss(x, y, 0.7),
+           lambda x: LF.hkr_multiclass_loss(x, y, 0.9, 0.7, reduction="mean"),
+           lambda x: LF.hkr_loss(x[:, :1], (y[:, None] % 2).float(), 0.5, reduction="sum")]
+    for fn in fns:
+        out, grad = _run(lambda x: fn(x).reshape(-1), x)
+        with liptriton.config.force_torch():
+            ref, ref_grad = _run(lambda x: fn(x).reshape(-1), x)
+        assert_close(out, ref)
+        assert_close(grad, ref_grad)
