@@ -86,6 +86,18 @@ def np_soft_hkr(x, y, alpha, m, alpha_mean, temperature, mean0):
     return np.array(out)
 
 
+def np_tau_ce(x, y, tau):
+    z = tau * x
+    log_softmax = z - z.max(axis=1, keepdims=True)
+    log_softmax = log_softmax - np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
+    return -(y * log_softmax).sum(axis=1) / tau
+
+
+def np_tau_bce(x, y, tau):
+    z, t = tau * x, (y > 0).astype(np.float64)
+    return (np.logaddexp(0.0, z) - z * t) / tau  # elementwise, as torch's BCEWithLogitsLoss
+
+
 # ---------------------------------------------------------------- data
 
 def _binary_labels(encoding: str, shape=(N, 1)) -> torch.Tensor:
@@ -123,7 +135,7 @@ BINARY = [
      lambda r: torchlip.HKRLoss(1.0, reduction=r),
      lambda x, y: np_hinge(x, y, 1.0)),
     ("TauBCEWithLogitsLoss", lambda r: liptriton.TauBCEWithLogitsLoss(3.0, reduction=r),
-     lambda r: torchlip.TauBCEWithLogitsLoss(3.0, reduction=r), None),
+     lambda r: torchlip.TauBCEWithLogitsLoss(3.0, reduction=r), lambda x, y: np_tau_bce(x, y, 3.0)),
 ]
 
 MULTICLASS = [
@@ -143,7 +155,7 @@ MULTICLASS = [
     ("CategoricalHingeLoss", lambda r: liptriton.CategoricalHingeLoss(0.9, reduction=r),
      lambda r: torchlip.CategoricalHingeLoss(0.9, reduction=r), lambda x, y: np_categorical(x, y, 0.9)),
     ("TauCrossEntropyLoss", lambda r: liptriton.TauCrossEntropyLoss(4.0, reduction=r),
-     lambda r: torchlip.TauCrossEntropyLoss(4.0, reduction=r), None),
+     lambda r: torchlip.TauCrossEntropyLoss(4.0, reduction=r), lambda x, y: np_tau_ce(x, y, 4.0)),
 ]
 
 
@@ -229,6 +241,8 @@ GRAD_CASES = [
     ("categorical", lambda x, y: LF.categorical_hinge_loss(x, y, 0.8)),
     ("lse", lambda x, y: LF.lse_hkr_multiclass_loss(x, y, 0.6, 1.5, 1.0, 0.8)),
     # alpha_mean=1: the temperature (a stop-gradient statistic of |x|) does not move with x.
+    ("tau_ce", lambda x, y: liptriton.TauCrossEntropyLoss(3.0)(x, y)),
+    ("tau_bce", lambda x, y: liptriton.TauBCEWithLogitsLoss(3.0)(x, (y[:, None] == torch.arange(4)).double())),
     ("soft", lambda x, y: LF.soft_hkr_multiclass_loss(x, y, torch.ones(1), 0.6, 0.8, alpha_mean=1.0)[0]),
 ]
 
