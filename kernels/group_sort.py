@@ -18,7 +18,8 @@ loads for images) or, when ``inner == 1``, consecutive groups (each row contiguo
   index tensor is stored) and the output gradient is scattered back: ``dx[perm[j]] = dy[j]``.
 
 The output (and gradient) is multiplied by ``scale`` (the k of a k-Lipschitz activation) in
-float32 inside the kernel (float64 pairs: in float64 after it). float64 has no 32-bit order key: the launcher refuses it for G > 2
+float32 inside the kernel (float64 pairs: in float64 after it). float64 has no 32-bit order key:
+the launcher refuses it for G > 2
 (:func:`sort_supported`) and the op takes the torch reference.
 """
 
@@ -28,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["group_sort_forward", "group_sort_backward", "sort_supported", "MAX_SORT_GROUP"]
+__all__ = ["MAX_SORT_GROUP", "group_sort_backward", "group_sort_forward", "sort_supported"]
 
 # Largest group the sorting kernel takes in one tile (a FullSort over more channels takes the
 # torch reference): 8192 int64 keys per program.

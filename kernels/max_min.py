@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["max_min_forward", "max_min_backward"]
+__all__ = ["max_min_backward", "max_min_forward"]
 
 _BLOCK = 1024
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

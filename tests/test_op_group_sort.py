@@ -37,18 +37,25 @@ def _ids(cases):
     return ["x".join(map(str, c[0])) + "-" + "-".join(map(str, c[1:])) for c in cases]
 
 
+def _counting(real, name, calls):
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    return counted
+
+
 @pytest.fixture
 def spy(monkeypatch):
-    """Count the launches of the kernels' launchers (proves the Triton path ran)."""
+    """Record the launches of the kernels' launchers (proves the Triton path ran)."""
     from liptriton.kernels import group_sort as kg
     from liptriton.kernels import max_min as km
 
     calls: list[str] = []
-    for module in (kg, km):
-        for name in ("group_sort_forward", "group_sort_backward", "max_min_forward", "max_min_backward"):
-            if hasattr(module, name):
-                real = getattr(module, name)
-                monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name, **k: (calls.append(_n), _r(*a, **k))[1])
+    for module, names in ((kg, ("group_sort_forward", "group_sort_backward")),
+                          (km, ("max_min_forward", "max_min_backward"))):
+        for name in names:
+            monkeypatch.setattr(module, name, _counting(getattr(module, name), name, calls))
     return calls
 
 
@@ -84,7 +91,8 @@ def test_group_sort_kernel_non_contiguous_and_expanded_grad(interpret, nan_empty
         gs_ops.group_sort(xk, group_size, 1, 2.0).sum().backward()  # the grad is a stride-0 expand
         xr = x.clone().requires_grad_(True)
         gs_ops.group_sort_reference(xr, group_size, 1, 2.0).sum().backward()
-        assert_close(gs_ops.group_sort(x, group_size, 1, 2.0), gs_ops.group_sort_reference(x, group_size, 1, 2.0))
+        expected = gs_ops.group_sort_reference(x, group_size, 1, 2.0)
+        assert_close(gs_ops.group_sort(x, group_size, 1, 2.0), expected)
         assert_close(xk.grad, xr.grad)
     assert spy.count("group_sort_backward") == 2
 
@@ -112,10 +120,12 @@ def test_group_sort_launcher_float64_and_group_one(group_size, interpret, nan_em
     if not sort_supported(x, group_size):  # float64 sorts of > 2 take the reference in the op
         with pytest.raises(TypeError, match="group_sort_forward"):
             group_sort_forward(x, group_size, 1, 0.3)
-        assert_close(gs_ops.group_sort(x, group_size, 1, 0.3), gs_ops.group_sort_reference(x, group_size, 1, 0.3))
+        expected = gs_ops.group_sort_reference(x, group_size, 1, 0.3)
+        assert_close(gs_ops.group_sort(x, group_size, 1, 0.3), expected)
         return
     g = torch.randn_like(x)
-    assert_close(group_sort_forward(x, group_size, 1, 0.3), gs_ops.group_sort_reference(x, group_size, 1, 0.3))
+    expected = gs_ops.group_sort_reference(x, group_size, 1, 0.3)
+    assert_close(group_sort_forward(x, group_size, 1, 0.3), expected)
     assert_close(group_sort_backward(g, x, group_size, 1, 0.3),
                  gs_ops.group_sort_backward_reference(g, x, group_size, 1, 0.3))
 
@@ -167,7 +177,8 @@ def test_opcheck_group_sort(group_size):
     x = torch.randn(3, 8, 2, requires_grad=True)
     torch.library.opcheck(torch.ops.liptriton.group_sort.default, (x, group_size, 1, 0.5))
     g = torch.randn(3, 8, 2)
-    torch.library.opcheck(torch.ops.liptriton.group_sort_backward.default, (g, x.detach(), group_size, 1, 0.5))
+    backward = torch.ops.liptriton.group_sort_backward.default
+    torch.library.opcheck(backward, (g, x.detach(), group_size, 1, 0.5))
 
 
 def test_opcheck_max_min():
@@ -188,9 +199,12 @@ def test_op_bad_inputs():
         mm_ops.max_min(torch.randn(2, 6), dim=-3)
 
 
+GPU_GROUP_CASES = [((256, 512), 2), ((64, 256, 32, 32), 2), ((64, 256, 32, 32), 4), ((512, 1024), None),
+                   ((32, 96, 16, 16), 3), ((8, 64, 8, 8, 8), 8), ((4, 8192), None)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape,group_size", [((256, 512), 2), ((64, 256, 32, 32), 2), ((64, 256, 32, 32), 4),
-                                              ((512, 1024), None), ((32, 96, 16, 16), 3), ((8, 64, 8, 8, 8), 8)])
+@pytest.mark.parametrize("shape,group_size", GPU_GROUP_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_group_sort_gpu(shape, group_size, dtype):
     x = torch.randn(shape, device="cuda", dtype=dtype)

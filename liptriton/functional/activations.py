@@ -31,12 +31,12 @@ from liptriton.ops.max_min import check_max_min_args
 from liptriton.ops.max_min import max_min as _max_min_op
 
 __all__ = [
-    "max_min",
+    "full_sort",
     "group_sort",
     "group_sort_2",
-    "full_sort",
-    "lipschitz_prelu",
     "householder_activation",
+    "lipschitz_prelu",
+    "max_min",
 ]
 
 
@@ -207,7 +207,8 @@ def householder_activation(input: Tensor, theta: Tensor, dim: int = 1, k_coef_li
     """
     k = check_k_coef_lip(k_coef_lip, "householder_activation")
     if not input.is_floating_point():
-        raise TypeError(f"householder_activation: input must be a floating-point tensor, got dtype {input.dtype}")
+        raise TypeError(f"householder_activation: input must be a floating-point tensor, "
+                        f"got dtype {input.dtype}")
     dim = normalize_dim(input, dim, "householder_activation")
     channels = input.shape[dim]
     if channels % 2 != 0 or theta.numel() != channels // 2:

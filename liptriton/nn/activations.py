@@ -22,7 +22,9 @@ from liptriton.functional.activations import (
     lipschitz_prelu,
 )
 
-__all__ = ["MaxMin", "GroupSort", "GroupSort2", "FullSort", "LPReLU", "HouseHolder"]
+_THETA_INITS = {"zeros": nn.init.zeros_, "ones": nn.init.ones_, "normal": nn.init.normal_}
+
+__all__ = ["FullSort", "GroupSort", "GroupSort2", "HouseHolder", "LPReLU", "MaxMin"]
 
 
 class _KCoef:
@@ -205,8 +207,6 @@ class HouseHolder(_KCoef, nn.Module):
         torch.Size([2, 4, 3])
     """
 
-    _INITS = {"zeros": nn.init.zeros_, "ones": nn.init.ones_, "normal": nn.init.normal_}
-
     def __init__(self, channels, k_coef_lip: float = 1.0, theta_initializer=None) -> None:
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 2 or channels % 2:
@@ -217,14 +217,14 @@ class HouseHolder(_KCoef, nn.Module):
             value = 0.5 * math.pi
         elif isinstance(theta_initializer, (int, float)) and not isinstance(theta_initializer, bool):
             value = float(theta_initializer)
-        elif isinstance(theta_initializer, str) and theta_initializer in self._INITS:
+        elif isinstance(theta_initializer, str) and theta_initializer in _THETA_INITS:
             value = 0.5 * math.pi
         else:
             raise ValueError(f"HouseHolder: theta_initializer must be None, a float or one of "
-                             f"{sorted(self._INITS)}, got {theta_initializer!r}")
+                             f"{sorted(_THETA_INITS)}, got {theta_initializer!r}")
         self.theta = nn.Parameter(torch.full((channels // 2,), value))
         if isinstance(theta_initializer, str):
-            self._INITS[theta_initializer](self.theta)
+            _THETA_INITS[theta_initializer](self.theta)
 
     def forward(self, z: Tensor, axis: int = 1) -> Tensor:
         if not z.is_floating_point():

@@ -20,11 +20,11 @@ from torch import Tensor
 from liptriton.ops._dispatch import HAS_TRITON, kernel_runnable, use_triton
 
 __all__ = [
-    "group_sort",
-    "full_sort",
-    "group_sort_reference",
-    "group_sort_backward_reference",
     "check_group_sort_args",
+    "full_sort",
+    "group_sort",
+    "group_sort_backward_reference",
+    "group_sort_reference",
     "normalize_dim",
 ]
 
@@ -95,7 +95,8 @@ def _grouped_shape(x: Tensor, group_size: int, dim: int) -> tuple[int, ...]:
     return (*x.shape[:dim], x.shape[dim] // group_size, group_size, *x.shape[dim + 1:])
 
 
-def group_sort_reference(x: Tensor, group_size: int | None = None, dim: int = 1, scale: float = 1.0) -> Tensor:
+def group_sort_reference(x: Tensor, group_size: int | None = None, dim: int = 1,
+                         scale: float = 1.0) -> Tensor:
     """Pure-torch GroupSort: sort groups of ``group_size`` consecutive entries along ``dim``, times ``scale``.
 
     Ties keep their input order (a stable sort), so the gradient is a permutation. Group 2 is

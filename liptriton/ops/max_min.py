@@ -18,7 +18,7 @@ from torch import Tensor
 from liptriton.ops._dispatch import HAS_TRITON, kernel_runnable, use_triton
 from liptriton.ops.group_sort import normalize_dim
 
-__all__ = ["max_min", "max_min_reference", "max_min_backward_reference", "check_max_min_args"]
+__all__ = ["check_max_min_args", "max_min", "max_min_backward_reference", "max_min_reference"]
 
 
 def check_max_min_args(x: Tensor, dim: int | None, who: str) -> int:
