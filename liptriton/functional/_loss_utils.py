@@ -97,6 +97,8 @@ def maybe_gather(input: Tensor, target: Tensor, gather_distributed: bool) -> tup
     """All-gather input (with autograd) and target over the ranks when asked."""
     if not gather_distributed:
         return input, target
+    if target.dtype == torch.bool:  # not every backend gathers bool tensors
+        return distributed.gather(input), distributed.gather(target.to(torch.uint8)).bool()
     return distributed.gather(input), distributed.gather(target)
 
 
