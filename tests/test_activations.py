@@ -156,6 +156,14 @@ def test_lprelu_stays_k_lipschitz_after_adam(k):
     assert jac_max >= k * (1 - BOUND_SLACK)
 
 
+def test_householder_any_axis():
+    layer = HouseHolder(4, k_coef_lip=1.5, theta_initializer="normal")
+    z = torch.randn(3, 5, 4)
+    moved = layer(z.movedim(-1, 1)).movedim(1, -1)
+    assert_close(layer(z, axis=-1), moved)
+    assert_close(LF.householder_activation(z, layer.theta, dim=2, k_coef_lip=1.5), moved)
+
+
 def test_vanilla_export():
     layer = LPReLU(3, init=1.7)
     plain = layer.vanilla_export()
