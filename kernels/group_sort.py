@@ -177,7 +177,9 @@ def _launch(fwd: bool, x: torch.Tensor, dy: torch.Tensor | None, group_size: int
         launch(kernel)[grid](*args, n_rows, inner, kernel_scale, BLOCK=_PAIR_BLOCK, num_warps=4)
         return out.mul_(scale) if kernel_scale != scale else out
     gp = triton.next_power_of_2(group_size)
-    block_r = max(1, _TILE // gp)  # independent of n_rows: no shape guard under torch.compile
+    block_r = max(1, _TILE // gp)
+    if isinstance(n_rows, int):  # a SymInt (dynamic shapes under torch.compile) would get a guard
+        block_r = min(block_r, triton.next_power_of_2(n_rows))
     grid = (triton.cdiv(n_rows, block_r),)
     kernel = _sort_fwd_kernel if fwd else _sort_bwd_kernel
     launch(kernel)[grid](*args, n_rows, inner, scale, G=group_size, GP=gp, BLOCK_R=block_r,

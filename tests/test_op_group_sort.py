@@ -170,6 +170,27 @@ def test_max_min_kernel_non_contiguous(interpret, nan_empty):
     assert_close(xk.grad, xr.grad)
 
 
+@pytest.mark.interpreter
+@pytest.mark.parametrize("op", ["group_sort2", "group_sort4", "max_min"])
+def test_double_backward_and_torch_func(op, interpret):
+    if op == "max_min":
+        fn, ref = (lambda t: mm_ops.max_min(t, 1, 1.5)), (lambda t: mm_ops.max_min_reference(t, 1, 1.5))
+    else:
+        size = int(op[-1])
+        fn = lambda t: gs_ops.group_sort(t, size, 1, 1.5)
+        ref = lambda t: gs_ops.group_sort_reference(t, size, 1, 1.5)
+    x = torch.randn(2, 4, 3)
+    w = torch.randn_like(ref(x))
+    results = []
+    for f in (fn, ref):  # the gradient of <grad f(x) . v, u> w.r.t. x, through the backward's backward
+        xx = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((f(xx) * w).square().sum(), xx, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sin().sum(), xx)
+        results.append(gg)
+    assert_close(results[0], results[1])
+    assert_close(torch.func.jacrev(fn)(x), torch.func.jacrev(ref)(x))
+
+
 @pytest.mark.parametrize("group_size", [2, 3, None])
 def test_group_sort_reference_gradcheck(group_size):
     x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)

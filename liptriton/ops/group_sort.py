@@ -8,8 +8,9 @@ permutation that depends on the input, piecewise linear and norm-preserving, so 
 On CUDA (or CPU under the interpreter switch) the triton_op ``liptriton::group_sort`` runs the
 kernels of :mod:`liptriton.kernels.group_sort` (group 2: a compare-exchange; larger groups:
 ``tl.sort`` of packed keys), and ``liptriton::group_sort_backward`` scatters the gradient by
-the permutation recomputed from the input. float64 groups larger than 2, and groups over
-8192 entries, take the torch reference.
+the permutation recomputed from the input (its own backward, for double backward, is torch).
+float64 groups larger than 2, groups over 8192 entries and calls inside torch.func transforms
+take the torch reference.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "group_sort_backward_reference",
     "group_sort_reference",
     "normalize_dim",
+    "transforms_active",
 ]
 
 
@@ -191,6 +193,47 @@ if HAS_TRITON:
 
     _group_sort_op.register_autograd(_backward, setup_context=_setup_context)
 
+    def _setup_double(ctx, inputs, output) -> None:
+        _, x, ctx.group_size, ctx.dim, ctx.scale = inputs
+        ctx.save_for_backward(x)
+
+    def _double_backward(ctx, grad_dx: Tensor):
+        # dx = scale * P^T dy is linear in dy (P: the sort permutation, locally constant in x):
+        # its vjp w.r.t. dy applies P; w.r.t. x it is zero. Torch ops: double backward is rare.
+        (x,) = ctx.saved_tensors
+        return _apply_sort_permutation(grad_dx, x, ctx.group_size, ctx.dim, ctx.scale), None, None, None, None
+
+    _group_sort_backward_op.register_autograd(_double_backward, setup_context=_setup_double)
+
+
+def _apply_sort_permutation(v: Tensor, x: Tensor, group_size: int, dim: int, scale: float) -> Tensor:
+    """Permute ``v`` within each group the way sorting permutes ``x`` (times ``scale``)."""
+    shape = _grouped_shape(x, group_size, dim)
+    w, xg = v.reshape(shape), x.reshape(shape)
+    if group_size == 2:
+        a, b = xg.unbind(dim + 1)
+        va, vb = w.unbind(dim + 1)
+        swap = a > b
+        out = torch.stack((torch.where(swap, vb, va), torch.where(swap, va, vb)), dim + 1)
+    else:
+        out = torch.gather(w, dim + 1, torch.sort(xg, dim=dim + 1, stable=True).indices)
+    return (out * scale).reshape(x.shape)
+
+
+def transforms_active() -> bool:
+    """Return True inside a torch.func transform (vmap, jacrev, ...) outside torch.compile.
+
+    The triton_ops have no functorch rules, so the public ops take their torch reference there.
+
+    Returns:
+        Whether a functorch transform is active.
+
+    Example:
+        >>> transforms_active()
+        False
+    """
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
 
 def _kernel_takes(x: Tensor, group_size: int) -> bool:
     if group_size == 1:
@@ -242,7 +285,7 @@ def group_sort(x: Tensor, group_size: int | None = None, dim: int = 1, scale: fl
         tensor([[-1.0000,  0.5000,  1.0000,  2.0000]])
     """
     group_size, dim = check_group_sort_args(x, group_size, dim, "group_sort")
-    if use_triton(x) and _kernel_takes(x, group_size):
+    if use_triton(x) and _kernel_takes(x, group_size) and not transforms_active():
         return torch.ops.liptriton.group_sort(x, group_size, dim, float(scale))
     return group_sort_reference(x, group_size, dim, scale)
 

@@ -6,7 +6,9 @@ of opposite signs, ``|x - y|^2 >= x^2 + y^2``: the map is 1-Lipschitz in l2 and 
 inputs of one sign), so with ``scale = k`` it is exactly k-Lipschitz.
 
 On CUDA (or CPU under the interpreter switch) the triton_ops ``liptriton::max_min`` and
-``liptriton::max_min_backward`` run the kernels of :mod:`liptriton.kernels.max_min`.
+``liptriton::max_min_backward`` run the kernels of :mod:`liptriton.kernels.max_min` (the
+backward's own backward, for double backward, is torch); inside torch.func transforms the
+public op takes the torch reference.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from liptriton.ops._dispatch import HAS_TRITON, kernel_runnable, use_triton
-from liptriton.ops.group_sort import normalize_dim
+from liptriton.ops.group_sort import normalize_dim, transforms_active
 
 __all__ = ["check_max_min_args", "max_min", "max_min_backward_reference", "max_min_reference"]
 
@@ -114,6 +116,19 @@ if HAS_TRITON:
 
     _max_min_op.register_autograd(_backward, setup_context=_setup_context)
 
+    def _setup_double(ctx, inputs, output) -> None:
+        _, x, ctx.dim, ctx.scale = inputs
+        ctx.save_for_backward(x)
+
+    def _double_backward(ctx, grad_dx: Tensor):
+        # dx is linear in dy with a mask locally constant in x: vjp w.r.t. dy, zero w.r.t. x.
+        (x,) = ctx.saved_tensors
+        zero = torch.zeros((), dtype=grad_dx.dtype, device=grad_dx.device)
+        pos, neg = torch.where(x > 0, grad_dx, zero), torch.where(x < 0, -grad_dx, zero)
+        return torch.cat((pos, neg), ctx.dim) * ctx.scale, None, None, None
+
+    _max_min_backward_op.register_autograd(_double_backward, setup_context=_setup_double)
+
 
 def max_min(x: Tensor, dim: int | None = None, scale: float = 1.0) -> Tensor:
     """MaxMin ``scale * cat(relu(x), relu(-x), dim)`` (differentiable; Triton on CUDA).
@@ -137,6 +152,7 @@ def max_min(x: Tensor, dim: int | None = None, scale: float = 1.0) -> Tensor:
         tensor([[1., 0., 0., 2.]])
     """
     dim = check_max_min_args(x, dim, "max_min")
-    if use_triton(x) and x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    kernel_dtype = x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    if use_triton(x) and kernel_dtype and not transforms_active():
         return torch.ops.liptriton.max_min(x, dim, float(scale))
     return max_min_reference(x, dim, scale)
