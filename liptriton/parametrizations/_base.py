@@ -113,7 +113,7 @@ class ConvNormState(nn.Module):
     Args:
         spec: the operator geometry.
         in_channels: channels of the operator's input.
-        input_size: spatial size to start with (defaults to 32 per dimension, 16 in 3-D).
+        input_size: spatial size to start with (defaults to 16 per dimension, 8 in 3-D).
         n_iters: block steps per training forward (None: 1).
         n_iters_init: block steps on a fresh basis.
         device: where the basis lives (the weight's device).
@@ -128,12 +128,13 @@ class ConvNormState(nn.Module):
         self.spec = spec
         self.n_iters = n_iters or self.DEFAULT_ITERS
         self.n_iters_init = n_iters_init
-        size = tuple(input_size) if input_size is not None else (32 if spec.ndim < 3 else 16,) * spec.ndim
+        size = tuple(input_size) if input_size is not None else (16 if spec.ndim < 3 else 8,) * spec.ndim
         if len(size) != spec.ndim or any(s < 1 for s in size):
             raise ValueError(f"input_size must have {spec.ndim} positive entries, got {input_size!r}")
         self.register_buffer("x", self._fresh(in_channels, size, device or torch.device("cpu")))
         self.fresh = True
         self.observed = input_size is not None
+        self.deferred = False
 
     @classmethod
     def _fresh(cls, channels: int, size: tuple[int, ...], device: torch.device) -> Tensor:
@@ -170,6 +171,8 @@ class ConvNormState(nn.Module):
             w: the convolution weight (float32).
             update: advance the power iteration (training mode), in place under no_grad.
         """
+        if self.deferred:  # registration's shape check: converge later, at the real input size
+            return conv_operator_norm(self.spec, w, self.x[:1].float().clone())
         if update or self.fresh:
             steps = self.n_iters_init if self.fresh else self.n_iters
             with torch.no_grad():
@@ -281,13 +284,19 @@ def register(module: nn.Module, name: str, parametrization: LipschitzParametriza
     the hook that tells the operator-norm state the input size."""
     from torch.nn.utils import parametrize
 
-    parametrize.register_parametrization(module, name, parametrization)
+    conv_state = getattr(parametrization, "conv", None)
+    if isinstance(conv_state, ConvNormState):
+        conv_state.deferred = True  # register_parametrization evaluates once; do not converge yet
+    try:
+        parametrize.register_parametrization(module, name, parametrization)
+    finally:
+        if isinstance(conv_state, ConvNormState):
+            conv_state.deferred = False
     state = getattr(parametrization, "state", None)
     if isinstance(state, MatrixNormState):
         original = getattr(module.parametrizations, name).original
         with torch.no_grad():
             state.norm(layout.to_batch(original.float()), update=True)
-    conv_state = getattr(parametrization, "conv", None)
     if isinstance(conv_state, ConvNormState):
         def _observe(mod: nn.Module, args: tuple) -> None:
             if args and isinstance(args[0], Tensor):
