@@ -2,11 +2,9 @@
 
 Paths (``min(m, n)`` is the side of the Gram):
 
-* fused (``min(m, n) <= fused_max_small``; default :func:`fused_limit`: 128 on GPUs with at
-  least 160 KiB of shared memory per block (A100, H100) and on CPU, 64 elsewhere): one program
+* fused (``min(m, n) <= fused_max_small``, default :data:`FUSED_MAX_SMALL` = 64): one program
   per matrix runs all ``n_iters`` steps (kernels/bjorck_fused.py); any ``max(m, n)``, streamed
-  in column chunks. Batched (B, m, n): B programs. The S x S blocks (Gram, polynomial) are
-  staged in shared memory by tl.dot: two 128 x 128 float32 operands take 128 KiB.
+  in column chunks. Batched (B, m, n): B programs.
 * grouped: matrices of different shapes, packed end to end in one flat buffer with a table
   (offset, S, L, stride_s, stride_l) per matrix, orthogonalized by the same fused kernel in
   one launch (one program per matrix). Every matrix must fit the fused path.
@@ -27,25 +25,17 @@ from liptriton.kernels.bjorck_fused import _bjorck_fused_bwd_kernel, _bjorck_fus
 from liptriton.kernels.bjorck_tiled import bjorck_tiled_backward, bjorck_tiled_forward
 
 __all__ = ["FUSED_MAX_SMALL", "bjorck_forward", "bjorck_backward", "bjorck_grouped_forward",
-           "bjorck_grouped_backward", "fused_fits", "fused_limit"]
+           "bjorck_grouped_backward", "fused_fits"]
 
-#: Largest Gram side (min(m, n)) of the one-program-per-matrix kernels; None: :func:`fused_limit`.
-FUSED_MAX_SMALL: int | None = None
-
-
-def fused_limit(device: torch.device) -> int:
-    """Largest Gram side the fused kernels take on ``device`` (shared memory decides)."""
-    if FUSED_MAX_SMALL is not None:
-        return FUSED_MAX_SMALL
-    if device.type != "cuda":
-        return 128
-    smem = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
-    return 128 if smem >= 160 * 1024 else 64
+#: Largest Gram side (min(m, n)) of the one-program-per-matrix kernels. Compiled for sm_90 the
+#: fused backward at 64 takes 90-100 KiB of shared memory and 15-50 s to compile (ieee dots);
+#: at 128 it needs more shared memory than a block may have.
+FUSED_MAX_SMALL = 64
 
 
-def fused_fits(m: int, n: int, device: torch.device, fused_max_small: int | None = None) -> bool:
-    """Return True when an (m, n) matrix takes the fused path on ``device``."""
-    limit = fused_limit(device) if fused_max_small is None else fused_max_small
+def fused_fits(m: int, n: int, fused_max_small: int | None = None) -> bool:
+    """Return True when an (m, n) matrix takes the fused path (``min(m, n) <= fused_max_small``)."""
+    limit = FUSED_MAX_SMALL if fused_max_small is None else fused_max_small
     return min(m, n) <= limit
 
 
@@ -55,9 +45,12 @@ def _coeffs5(coeffs: tuple[float, ...]) -> list[float]:
     return [float(c) for c in coeffs] + [0.0] * (5 - len(coeffs))
 
 
-def _blocks(s_max: int, l_max: int) -> dict[str, int]:
+def _blocks(s_max: int, l_max: int, device: torch.device) -> dict[str, int]:
     block_s = max(16, triton.next_power_of_2(s_max))
-    block_l = max(16, min(triton.next_power_of_2(l_max), 8192 // block_s))
+    # GPU: chunks of <= 2048 elements keep shared memory (tl.dot operand staging) under ~100 KiB;
+    # the interpreter (CPU) runs fewer, larger numpy blocks faster
+    budget = 2048 if device.type == "cuda" else 16384
+    block_l = max(16, min(triton.next_power_of_2(l_max), budget // block_s))
     return {"BLOCK_S": block_s, "BLOCK_L": block_l, "num_warps": 4 if block_s <= 32 else 8}
 
 
@@ -77,19 +70,19 @@ def bjorck_forward(w: torch.Tensor, n_iters: int, coeffs: tuple[float, ...], *,
                    fused_max_small: int | None = None, precision: str = "ieee") -> torch.Tensor:
     """``n_iters`` Björck steps of each matrix of ``w`` (B, m, n); returns float32 (B, m, n).
 
-    ``fused_max_small`` overrides :func:`fused_limit` (0 forces the tiled path);
+    ``fused_max_small`` overrides :data:`FUSED_MAX_SMALL` (0 forces the tiled path);
     ``precision`` is the tl.dot input precision ("ieee" or "tf32").
     """
     _check_batch(w, n_iters)
     w = w.contiguous()
     b, m, n = w.shape
-    if not fused_fits(m, n, w.device, fused_max_small):
+    if not fused_fits(m, n, fused_max_small):
         return bjorck_tiled_forward(w, n_iters, tuple(coeffs), precision=precision)
     y = torch.empty((b, m, n), device=w.device, dtype=torch.float32)
     s, ln, stride_s, stride_l = _layout(m, n)
     wrap_triton(_bjorck_fused_fwd_kernel)[(b,)](
         w, y, w, s, ln, m * n, stride_s, stride_l, int(n_iters), *_coeffs5(coeffs),
-        ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision, **_blocks(s, ln))
+        ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision, **_blocks(s, ln, w.device))
     return y
 
 
@@ -100,14 +93,14 @@ def bjorck_backward(w: torch.Tensor, grad: torch.Tensor, n_iters: int, coeffs: t
     w = w.contiguous()
     grad = grad.contiguous()  # an expanded grad (stride 0) would be read wrongly otherwise
     b, m, n = w.shape
-    if not fused_fits(m, n, w.device, fused_max_small):
+    if not fused_fits(m, n, fused_max_small):
         return bjorck_tiled_backward(w, grad, n_iters, tuple(coeffs), precision=precision)
     dx = torch.empty((b, m, n), device=w.device, dtype=torch.float32)
-    scratch = torch.empty((max(n_iters - 1, 1), b, m, n), device=w.device, dtype=torch.float32)
+    scratch = torch.empty((n_iters, b, m, n), device=w.device, dtype=torch.float32)
     s, ln, stride_s, stride_l = _layout(m, n)
     wrap_triton(_bjorck_fused_bwd_kernel)[(b,)](
         w, grad, dx, scratch, w, s, ln, m * n, stride_s, stride_l, int(n_iters), b * m * n,
-        *_coeffs5(coeffs), ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision, **_blocks(s, ln))
+        *_coeffs5(coeffs), ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision, **_blocks(s, ln, w.device))
     return dx
 
 
@@ -144,7 +137,7 @@ def bjorck_grouped_forward(flat: torch.Tensor, shapes: list[tuple[int, int]], n_
     y = torch.empty(flat.shape, device=flat.device, dtype=torch.float32)
     wrap_triton(_bjorck_fused_fwd_kernel)[(len(shapes),)](
         flat, y, table, 0, 0, 0, 0, 0, int(n_iters), *_coeffs5(coeffs),
-        ORDER=len(coeffs) - 1, GROUPED=True, PRECISION=precision, **_blocks(s_max, l_max))
+        ORDER=len(coeffs) - 1, GROUPED=True, PRECISION=precision, **_blocks(s_max, l_max, flat.device))
     return y
 
 
@@ -155,8 +148,8 @@ def bjorck_grouped_backward(flat: torch.Tensor, grad: torch.Tensor, shapes: list
     flat, grad = flat.contiguous(), grad.contiguous()
     table, total, s_max, l_max = _table(shapes, flat.device)
     dx = torch.empty(flat.shape, device=flat.device, dtype=torch.float32)
-    scratch = torch.empty((max(n_iters - 1, 1), total), device=flat.device, dtype=torch.float32)
+    scratch = torch.empty((n_iters, total), device=flat.device, dtype=torch.float32)
     wrap_triton(_bjorck_fused_bwd_kernel)[(len(shapes),)](
         flat, grad, dx, scratch, table, 0, 0, 0, 0, 0, int(n_iters), total, *_coeffs5(coeffs),
-        ORDER=len(coeffs) - 1, GROUPED=True, PRECISION=precision, **_blocks(s_max, l_max))
+        ORDER=len(coeffs) - 1, GROUPED=True, PRECISION=precision, **_blocks(s_max, l_max, flat.device))
     return dx

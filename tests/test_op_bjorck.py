@@ -104,8 +104,8 @@ def test_one_iteration(interpret, nan_empty):
 # ----------------------------------------------------------------------------- tiled kernels
 
 
-@pytest.mark.parametrize("shape", [(7, 7), (7, 127), (127, 7), (3, 5, 9)], ids=_ids)
-@pytest.mark.parametrize("order", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(7, 7), (127, 7), (3, 5, 9)], ids=_ids)
+@pytest.mark.parametrize("order", [1, 3])
 def test_tiled_forced(interpret, nan_empty, monkeypatch, shape, order):
     monkeypatch.setattr(kb, "FUSED_MAX_SMALL", 0)  # every size takes the tiled path
     w, g = _normalized(shape), torch.randn(*shape)

@@ -154,9 +154,8 @@ def bjorck(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5) -> T
 
     Dispatches to the Triton kernels on CUDA (and on CPU under the interpreter switch) and
     to :func:`bjorck_reference` elsewhere. On the Triton path a matrix whose smaller side is
-    at most 128 (64 on GPUs with less than 160 KiB of shared memory per block) runs all steps
-    in one program (batched: one program per matrix), a larger one runs tiled matmuls with
-    the update in the epilogue; float32 arithmetic ("ieee" dot products) in both; the
+    at most 64 runs all steps in one program (batched: one program per matrix), a larger one
+    runs tiled matmuls with the update in the epilogue; float32 arithmetic ("ieee" dot products) in both; the
     backward recomputes the iterates from ``w`` (nothing else is saved). float64 inputs
     take the torch path. The input must satisfy ``||w||_2 <= 1`` (normalize it first, e.g.
     by power iteration); then every singular value of the result lies in [0, 1] whatever

@@ -65,8 +65,7 @@ def bjorck_grouped(ws: list[Tensor], n_iters: int = 15, order: int = 1, beta: fl
     """Orthonormalize many matrices of different shapes, in one kernel launch (differentiable).
 
     On the Triton path (CUDA, or the interpreter on CPU), every matrix whose smaller side is
-    at most ``liptriton.kernels.bjorck.fused_limit(device)`` (128 on A100/H100, 64 on GPUs with
-    less shared memory) is packed into one buffer and
+    at most ``liptriton.kernels.bjorck.FUSED_MAX_SMALL`` (64) is packed into one buffer and
     orthonormalized by one launch of the fused kernel, one program per matrix (batched
     tensors (B, m, n) count as B matrices); larger ones go through :func:`bjorck` (tiled).
     The backward is one launch as well. float64 inputs and other devices take the torch path.
@@ -99,7 +98,7 @@ def bjorck_grouped(ws: list[Tensor], n_iters: int = 15, order: int = 1, beta: fl
     packed, shapes = [], []
     for i, w in enumerate(ws):
         m, n = w.shape[-2:]
-        if not fused_fits(m, n, w.device) or w.numel() == 0:
+        if not fused_fits(m, n) or w.numel() == 0:
             out[i] = bjorck(w, n_iters, order, beta)
             continue
         packed.append(i)
