@@ -45,6 +45,15 @@ def _row_base(o_r, G, inner):
 
 
 @triton.jit
+def _offsets(i_b, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    # int32 index math (a cheap division by `inner`) while every offset fits in int32.
+    o = i_b * BLOCK + tl.arange(0, BLOCK)
+    if INT64:
+        o = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return o
+
+
+@triton.jit
 def _upcast(b):
     # float16/bfloat16/float32 compute in float32; float64 stays float64.
     if b.dtype != tl.float64:
@@ -53,10 +62,10 @@ def _upcast(b):
 
 
 @triton.jit
-def _pair_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, BLOCK: tl.constexpr):
+def _pair_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, BLOCK: tl.constexpr, INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
-    o_r = i_r.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    o_r = _offsets(i_r, BLOCK, INT64)
     m_r = o_r < n_rows
     p_a = _row_base(o_r, 2, inner)
     b_a = _upcast(tl.load(x_ptr + p_a, mask=m_r))
@@ -70,10 +79,11 @@ def _pair_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _pair_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n_rows, inner, scale, BLOCK: tl.constexpr):
+def _pair_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n_rows, inner, scale, BLOCK: tl.constexpr,
+                     INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
-    o_r = i_r.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    o_r = _offsets(i_r, BLOCK, INT64)
     m_r = o_r < n_rows
     p_a = _row_base(o_r, 2, inner)
     b_a = _upcast(tl.load(x_ptr + p_a, mask=m_r))
@@ -100,13 +110,13 @@ def _sorted_keys(x_ptr, p_x, m_x, o_j):
 
 @triton.jit
 def _sort_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, G: tl.constexpr, GP: tl.constexpr,
-                     BLOCK_R: tl.constexpr):
+                     BLOCK_R: tl.constexpr, INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
-    o_r = i_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    o_r = _offsets(i_r, BLOCK_R, INT64)
     o_j = tl.arange(0, GP)
     m_x = (o_r < n_rows)[:, None] & (o_j < G)[None, :]
-    p_x = _row_base(o_r, G, inner)[:, None] + o_j[None, :].to(tl.int64) * inner
+    p_x = _row_base(o_r, G, inner)[:, None] + o_j[None, :].to(o_r.dtype) * inner
     b_sorted = _sorted_keys(x_ptr, p_x, m_x, o_j)
     b_key = (b_sorted >> 32).to(tl.int32)
     b_y = (b_key ^ ((b_key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True) * scale
@@ -115,18 +125,18 @@ def _sort_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, G: tl.constexpr, GP: tl
 
 @triton.jit
 def _sort_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n_rows, inner, scale, G: tl.constexpr, GP: tl.constexpr,
-                     BLOCK_R: tl.constexpr):
+                     BLOCK_R: tl.constexpr, INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
-    o_r = i_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    o_r = _offsets(i_r, BLOCK_R, INT64)
     o_j = tl.arange(0, GP)
     m_x = (o_r < n_rows)[:, None] & (o_j < G)[None, :]
     p_row = _row_base(o_r, G, inner)[:, None]
-    p_x = p_row + o_j[None, :].to(tl.int64) * inner
+    p_x = p_row + o_j[None, :].to(o_r.dtype) * inner
     b_sorted = _sorted_keys(x_ptr, p_x, m_x, o_j)
     # Output position j holds input position perm[j]: scatter dy[j] to dx[perm[j]]. Real lanes
     # sort before padding, so the first G positions carry exactly the G real indices.
-    b_perm = (b_sorted & 0xFFFFFFFF).to(tl.int64)
+    b_perm = (b_sorted & 0xFFFFFFFF).to(o_r.dtype)
     b_dy = tl.load(dy_ptr + p_x, mask=m_x, other=0.0).to(tl.float32) * scale
     tl.store(dx_ptr + p_row + b_perm * inner, b_dy.to(dx_ptr.dtype.element_ty), mask=m_x)
 
@@ -169,12 +179,15 @@ def _launch(fwd: bool, x: torch.Tensor, dy: torch.Tensor | None, group_size: int
     if group_size == 1:
         return out.copy_(x if fwd else dy.contiguous()).mul_(scale)
     args = (x, out) if fwd else (dy.contiguous(), x, out)
+    # Offsets (also of masked padding lanes) stay below 3 * numel: int32 index math below that.
+    int64 = 3 * x.numel() >= 2**31
     if group_size == 2:
         # A Python float reaches the kernel as float32: float64 scales after, exactly.
         kernel_scale = 1.0 if x.dtype == torch.float64 else scale
         grid = (triton.cdiv(n_rows, _PAIR_BLOCK),)
         kernel = _pair_fwd_kernel if fwd else _pair_bwd_kernel
-        launch(kernel)[grid](*args, n_rows, inner, kernel_scale, BLOCK=_PAIR_BLOCK, num_warps=4)
+        launch(kernel)[grid](*args, n_rows, inner, kernel_scale, BLOCK=_PAIR_BLOCK, INT64=int64,
+                             num_warps=4)
         return out.mul_(scale) if kernel_scale != scale else out
     gp = triton.next_power_of_2(group_size)
     block_r = max(1, _TILE // gp)
@@ -183,7 +196,7 @@ def _launch(fwd: bool, x: torch.Tensor, dy: torch.Tensor | None, group_size: int
     grid = (triton.cdiv(n_rows, block_r),)
     kernel = _sort_fwd_kernel if fwd else _sort_bwd_kernel
     launch(kernel)[grid](*args, n_rows, inner, scale, G=group_size, GP=gp, BLOCK_R=block_r,
-                         num_warps=4 if gp * block_r <= 2048 else 8)
+                         INT64=int64, num_warps=4 if gp * block_r <= 2048 else 8)
     return out
 
 

@@ -23,6 +23,15 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit
+def _offsets(i_b, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    # int32 index math (a cheap division) while every offset (< 2n + BLOCK) fits in int32.
+    o = i_b * BLOCK + tl.arange(0, BLOCK)
+    if INT64:
+        o = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return o
+
+
+@triton.jit
 def _upcast(b):
     if b.dtype != tl.float64:
         b = b.to(tl.float32)
@@ -30,10 +39,10 @@ def _upcast(b):
 
 
 @triton.jit
-def _max_min_fwd_kernel(x_ptr, y_ptr, n, slice_len, scale, BLOCK: tl.constexpr):
+def _max_min_fwd_kernel(x_ptr, y_ptr, n, slice_len, scale, BLOCK: tl.constexpr, INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_b = tl.program_id(0)
-    o_e = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    o_e = _offsets(i_b, BLOCK, INT64)
     m_e = o_e < n
     # slice_len = C * inner: the positive half of an outer slice, then the negative half.
     p_pos = (o_e // slice_len) * 2 * slice_len + o_e % slice_len
@@ -45,10 +54,11 @@ def _max_min_fwd_kernel(x_ptr, y_ptr, n, slice_len, scale, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _max_min_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n, slice_len, scale, BLOCK: tl.constexpr):
+def _max_min_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n, slice_len, scale, BLOCK: tl.constexpr,
+                        INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_b = tl.program_id(0)
-    o_e = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    o_e = _offsets(i_b, BLOCK, INT64)
     m_e = o_e < n
     p_pos = (o_e // slice_len) * 2 * slice_len + o_e % slice_len
     b_x = _upcast(tl.load(x_ptr + o_e, mask=m_e))
@@ -96,7 +106,8 @@ def max_min_forward(x: torch.Tensor, dim: int, scale: float = 1.0, launch=_direc
     scale = float(scale)
     kernel_scale = 1.0 if x.dtype == torch.float64 else scale
     grid = (triton.cdiv(n, _BLOCK),)
-    launch(_max_min_fwd_kernel)[grid](x, y, n, slice_len, kernel_scale, BLOCK=_BLOCK, num_warps=4)
+    launch(_max_min_fwd_kernel)[grid](x, y, n, slice_len, kernel_scale, BLOCK=_BLOCK,
+                                      INT64=4 * n >= 2**31, num_warps=4)
     return y.mul_(scale) if kernel_scale != scale else y
 
 
@@ -127,5 +138,6 @@ def max_min_backward(dy: torch.Tensor, x: torch.Tensor, dim: int, scale: float =
     scale = float(scale)
     kernel_scale = 1.0 if x.dtype == torch.float64 else scale
     grid = (triton.cdiv(n, _BLOCK),)
-    launch(_max_min_bwd_kernel)[grid](dy, x, dx, n, slice_len, kernel_scale, BLOCK=_BLOCK, num_warps=4)
+    launch(_max_min_bwd_kernel)[grid](dy, x, dx, n, slice_len, kernel_scale, BLOCK=_BLOCK,
+                                      INT64=4 * n >= 2**31, num_warps=4)
     return dx.mul_(scale) if kernel_scale != scale else dx
