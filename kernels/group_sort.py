@@ -36,6 +36,7 @@ __all__ = ["MAX_SORT_GROUP", "group_sort_backward", "group_sort_forward", "sort_
 MAX_SORT_GROUP = 8192
 _TILE = 2048  # elements per program of the sorting kernel (BLOCK_R * GP)
 _PAIR_BLOCK = 1024  # rows per program of the pair kernel
+_INT32_LIMIT = 2**31  # offsets at or above this use int64 index math
 
 
 @triton.jit
@@ -180,7 +181,7 @@ def _launch(fwd: bool, x: torch.Tensor, dy: torch.Tensor | None, group_size: int
         return out.copy_(x if fwd else dy.contiguous()).mul_(scale)
     args = (x, out) if fwd else (dy.contiguous(), x, out)
     # Offsets (also of masked padding lanes) stay below 3 * numel: int32 index math below that.
-    int64 = 3 * x.numel() >= 2**31
+    int64 = 3 * x.numel() >= _INT32_LIMIT
     if group_size == 2:
         # A Python float reaches the kernel as float32: float64 scales after, exactly.
         kernel_scale = 1.0 if x.dtype == torch.float64 else scale

@@ -19,6 +19,7 @@ import triton.language as tl
 __all__ = ["max_min_backward", "max_min_forward"]
 
 _BLOCK = 1024
+_INT32_LIMIT = 2**31  # offsets at or above this use int64 index math
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -107,7 +108,7 @@ def max_min_forward(x: torch.Tensor, dim: int, scale: float = 1.0, launch=_direc
     kernel_scale = 1.0 if x.dtype == torch.float64 else scale
     grid = (triton.cdiv(n, _BLOCK),)
     launch(_max_min_fwd_kernel)[grid](x, y, n, slice_len, kernel_scale, BLOCK=_BLOCK,
-                                      INT64=4 * n >= 2**31, num_warps=4)
+                                      INT64=4 * n >= _INT32_LIMIT, num_warps=4)
     return y.mul_(scale) if kernel_scale != scale else y
 
 
@@ -139,5 +140,5 @@ def max_min_backward(dy: torch.Tensor, x: torch.Tensor, dim: int, scale: float =
     kernel_scale = 1.0 if x.dtype == torch.float64 else scale
     grid = (triton.cdiv(n, _BLOCK),)
     launch(_max_min_bwd_kernel)[grid](dy, x, dx, n, slice_len, kernel_scale, BLOCK=_BLOCK,
-                                      INT64=4 * n >= 2**31, num_warps=4)
+                                      INT64=4 * n >= _INT32_LIMIT, num_warps=4)
     return dx.mul_(scale) if kernel_scale != scale else dx

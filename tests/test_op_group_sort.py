@@ -128,6 +128,23 @@ def test_kernels_float16(group_size, interpret, nan_empty, spy):
 
 
 @pytest.mark.interpreter
+def test_kernels_int64_index_path(interpret, nan_empty, monkeypatch):
+    from liptriton.kernels import group_sort as kg
+    from liptriton.kernels import max_min as km
+
+    monkeypatch.setattr(kg, "_INT32_LIMIT", 0)
+    monkeypatch.setattr(km, "_INT32_LIMIT", 0)
+    x, g = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
+    for size in (2, 3):
+        assert_close(kg.group_sort_forward(x, size, 1, 0.5), gs_ops.group_sort_reference(x, size, 1, 0.5))
+        assert_close(kg.group_sort_backward(g, x, size, 1, 0.5),
+                     gs_ops.group_sort_backward_reference(g, x, size, 1, 0.5))
+    assert_close(km.max_min_forward(x, 2, 0.5), mm_ops.max_min_reference(x, 2, 0.5))
+    g2 = torch.randn(3, 6, 8)
+    assert_close(km.max_min_backward(g2, x, 2, 0.5), mm_ops.max_min_backward_reference(g2, x, 2, 0.5))
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("group_size", [1, 2, 4])
 def test_group_sort_launcher_float64_and_group_one(group_size, interpret, nan_empty):
     from liptriton.kernels.group_sort import group_sort_backward, group_sort_forward, sort_supported
