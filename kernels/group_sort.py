@@ -153,7 +153,19 @@ def _as_3d(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int, int, int]:
 
 
 def sort_supported(x: torch.Tensor, group_size: int) -> bool:
-    """Return True when the kernels take ``x`` with this group size (else use the reference)."""
+    """Return True when the kernels take ``x`` with this group size (else use the reference).
+
+    Args:
+        x: the input tensor.
+        group_size: the resolved group size.
+
+    Returns:
+        True for float16/bfloat16/float32 groups up to MAX_SORT_GROUP, any float dtype for groups <= 2.
+
+    Example:
+        >>> sort_supported(torch.zeros(2, 8, dtype=torch.float64), 4)
+        False
+    """
     if group_size <= 2:
         return x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     return x.dtype in (torch.float16, torch.bfloat16, torch.float32) and group_size <= MAX_SORT_GROUP
@@ -218,6 +230,9 @@ def group_sort_forward(x: torch.Tensor, group_size: int, dim: int, scale: float 
 
     Returns:
         A contiguous tensor shaped like ``x``.
+
+    Example:
+        >>> y = group_sort_forward(torch.randn(64, 256, 32, 32, device="cuda"), 4, 1)  # doctest: +SKIP
     """
     _check(x, group_size, dim, "group_sort_forward")
     return _launch(True, x, None, group_size, dim, scale, launch)
@@ -237,6 +252,10 @@ def group_sort_backward(dy: torch.Tensor, x: torch.Tensor, group_size: int, dim:
 
     Returns:
         A contiguous tensor shaped like ``x``: ``dx``.
+
+    Example:
+        >>> x = torch.randn(64, 256, device="cuda")  # doctest: +SKIP
+        >>> dx = group_sort_backward(torch.ones_like(x), x, 2, 1)  # all ones  # doctest: +SKIP
     """
     _check(x, group_size, dim, "group_sort_backward")
     if dy.shape != x.shape:
