@@ -40,3 +40,39 @@ from liptriton.nn.losses_multiclass import (  # noqa: E402
 __all__ += ["distributed", "metrics", "process_labels_for_multi_gpu", "KRLoss", "NegKRLoss", "HingeMarginLoss",
             "HKRLoss", "KRMulticlassLoss", "HingeMulticlassLoss", "HKRMulticlassLoss", "SoftHKRMulticlassLoss",
             "LseHKRMulticlassLoss", "TauCrossEntropyLoss", "TauBCEWithLogitsLoss", "CategoricalHingeLoss"]
+
+from liptriton import nn  # noqa: E402
+from liptriton.nn import (  # noqa: E402
+    BatchCentering,
+    BatchCentering2d,
+    BatchLipNorm,
+    FrobeniusConv2d,
+    FrobeniusLinear,
+    InvertibleDownSampling,
+    InvertibleUpSampling,
+    LayerCentering,
+    LayerCentering2d,
+    LipResidual,
+    LipschitzModule,
+    PadConv1d,
+    PadConv2d,
+    ScaleBiasLayer,
+    ScaledAdaptativeL2NormPool2d,
+    ScaledAdaptiveAvgPool2d,
+    ScaledAvgPool2d,
+    ScaledL2NormPool2d,
+    Sequential,
+    SpectralConv1d,
+    SpectralConv2d,
+    SpectralConvTranspose2d,
+    SpectralLinear,
+    vanilla_model,
+)
+from liptriton.nn import _LAYERS  # noqa: E402
+
+__all__ += ["nn", *_LAYERS]
+
+from liptriton.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from liptriton.export import bake, load, load_metadata, save  # noqa: E402
+
+__all__ += ["bake", "save", "load", "load_metadata", "save_checkpoint", "load_checkpoint"]

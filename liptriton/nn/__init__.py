@@ -27,3 +27,38 @@ _LOSSES = ["KRLoss", "NegKRLoss", "HingeMarginLoss", "HKRLoss", "KRMulticlassLos
            "HKRMulticlassLoss", "SoftHKRMulticlassLoss", "LseHKRMulticlassLoss", "TauCrossEntropyLoss",
            "TauBCEWithLogitsLoss", "CategoricalHingeLoss"]
 __all__ += _LOSSES
+
+from liptriton.nn.containers import LipResidual, LipschitzModule, Sequential, vanilla_model  # noqa: E402
+from liptriton.nn.layers import (  # noqa: E402
+    FrobeniusConv2d,
+    FrobeniusLinear,
+    PadConv1d,
+    PadConv2d,
+    SpectralConv1d,
+    SpectralConv2d,
+    SpectralConvTranspose2d,
+    SpectralLinear,
+)
+from liptriton.nn.normalization import (  # noqa: E402
+    BatchCentering,
+    BatchCentering2d,
+    BatchLipNorm,
+    LayerCentering,
+    LayerCentering2d,
+    ScaleBiasLayer,
+)
+from liptriton.nn.pooling import (  # noqa: E402
+    InvertibleDownSampling,
+    InvertibleUpSampling,
+    ScaledAdaptativeL2NormPool2d,
+    ScaledAdaptiveAvgPool2d,
+    ScaledAvgPool2d,
+    ScaledL2NormPool2d,
+)
+
+_LAYERS = ["LipschitzModule", "Sequential", "LipResidual", "vanilla_model", "SpectralLinear", "FrobeniusLinear",
+           "SpectralConv1d", "SpectralConv2d", "FrobeniusConv2d", "SpectralConvTranspose2d", "PadConv1d",
+           "PadConv2d", "ScaledAvgPool2d", "ScaledL2NormPool2d", "ScaledAdaptiveAvgPool2d",
+           "ScaledAdaptativeL2NormPool2d", "InvertibleDownSampling", "InvertibleUpSampling", "LayerCentering",
+           "LayerCentering2d", "BatchCentering", "BatchCentering2d", "BatchLipNorm", "ScaleBiasLayer"]
+__all__ += _LAYERS

@@ -1,0 +1,244 @@
+"""Containers of deel-torchlip, drop-in: LipschitzModule, Sequential, LipResidual, vanilla_model.
+
+Unlike deel-torchlip, a Lipschitz factor set after construction (``Sequential(k_coef_lip=K)``
+sets one on every Lipschitz child) reaches the layer's parametrizations, so the composed
+network really is K-Lipschitz.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from liptriton.parametrizations import Frobenius, LipschitzParametrization
+
+__all__ = ["LipResidual", "LipschitzModule", "Sequential", "check_coefficient", "vanilla_model"]
+
+# Layers that are 1-Lipschitz as they are (MaxPool only when its windows do not overlap).
+_ONE_LIPSCHITZ = (
+    nn.Softmax, nn.Flatten, nn.Identity, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Unflatten,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.Hardtanh, nn.ReLU6,
+)
+
+
+def check_coefficient(owner: str, arg: str, value: float) -> float:
+    """Return ``float(value)`` if it is a finite number > 0, else raise a ValueError naming ``owner``/``arg``.
+
+    Example:
+        >>> check_coefficient("Sequential", "k_coef_lip", 2)
+        2.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: {arg} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def has_lipschitz_factor(module: nn.Module) -> bool:
+    """True when ``module`` takes a Lipschitz factor (``_coefficient_lip``): liptriton layers,
+    pooling and activations."""
+    return isinstance(module, LipschitzModule) or hasattr(type(module), "_coefficient_lip")
+
+
+def _is_one_lipschitz(module: nn.Module) -> bool:
+    from liptriton.nn.normalization import BatchCentering, LayerCentering
+
+    if isinstance(module, (_ONE_LIPSCHITZ, LayerCentering, BatchCentering)):
+        return not (isinstance(module, BatchCentering) and module.normalize)
+    if isinstance(module, nn.LeakyReLU):
+        return abs(module.negative_slope) <= 1
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+        ks, st = (torch.nn.modules.utils._ntuple(3)(v) for v in (module.kernel_size, module.stride))
+        return module.dilation in (1, (1,) * 2, (1,) * 3) and all(k <= s for k, s in zip(ks, st))
+    return False
+
+
+class LipschitzModule:
+    """Mixin of every liptriton layer with a Lipschitz factor (deel-torchlip's ``LipschitzModule``).
+
+    The factor (``k_coef_lip``, also readable and settable as deel-torchlip's ``_coefficient_lip``)
+    is the ``k`` of the layer's Lipschitz parametrizations: setting it re-applies it at once
+    (:meth:`apply_lipschitz_factor`), so a container can rescale a layer after construction.
+
+    Args:
+        coefficient_lip: the Lipschitz constant of the layer (> 0).
+
+    Example:
+        >>> import liptriton
+        >>> lin = liptriton.SpectralLinear(4, 4)
+        >>> lin._coefficient_lip = 2.0  # now 2-Lipschitz
+    """
+
+    def __init__(self, coefficient_lip: float = 1.0) -> None:
+        self._k_coef_lip = check_coefficient(type(self).__name__, "k_coef_lip", coefficient_lip)
+
+    @property
+    def k_coef_lip(self) -> float:
+        """The Lipschitz factor of this layer."""
+        return self._k_coef_lip
+
+    @k_coef_lip.setter
+    def k_coef_lip(self, value: float) -> None:
+        self._k_coef_lip = check_coefficient(type(self).__name__, "k_coef_lip", value)
+        self.apply_lipschitz_factor()
+
+    # deel-torchlip's name for the same number
+    _coefficient_lip = k_coef_lip
+
+    def _lipschitz_parametrizations(self) -> list[LipschitzParametrization]:
+        if not parametrize.is_parametrized(self):  # type: ignore[arg-type]
+            return []
+        return [p for plist in self.parametrizations.values() for p in plist  # type: ignore[attr-defined]
+                if isinstance(p, LipschitzParametrization)]
+
+    def apply_lipschitz_factor(self) -> None:
+        """Make the layer's parametrizations scale to ``k_coef_lip`` (idempotent).
+
+        deel-torchlip multiplies the weight by the factor once, at construction; here the factor
+        is the ``k`` of the parametrizations, so changing it later takes effect.
+        """
+        k = self._k_coef_lip
+        for p in self._lipschitz_parametrizations():
+            if isinstance(p, Frobenius):
+                p.scale = p.scale * (k / p.k)
+            p.k = k
+            p._cache = None
+
+    def lipschitz_bound(self) -> float:
+        """The layer's guaranteed l2 Lipschitz constant (from its parametrizations, else the factor)."""
+        ps = self._lipschitz_parametrizations()
+        return math.prod(p.lipschitz_bound() for p in ps) if ps else self._k_coef_lip
+
+    def vanilla_export(self) -> nn.Module:
+        """Return a plain torch module computing the same function (constraints baked in)."""
+        raise NotImplementedError(f"{type(self).__name__}.vanilla_export is not implemented")
+
+
+class Sequential(LipschitzModule, nn.Sequential):
+    """``nn.Sequential`` whose composition is ``k_coef_lip``-Lipschitz.
+
+    The ``n`` children with a Lipschitz factor (liptriton layers, pooling, activations, nested
+    Sequentials) each get ``k_coef_lip ** (1 / n)``, and the factor really reaches their
+    parametrizations (deel-torchlip sets it on the attribute only, leaving its spectral layers
+    1-Lipschitz). Children neither Lipschitz-scaled nor known 1-Lipschitz raise a warning.
+
+    Args:
+        *args: the layers (or one OrderedDict), as ``nn.Sequential``.
+        k_coef_lip: the Lipschitz constant of the whole network (> 0).
+
+    Example:
+        >>> import liptriton
+        >>> net = liptriton.Sequential(liptriton.SpectralLinear(4, 8), liptriton.GroupSort2(),
+        ...                            liptriton.SpectralLinear(8, 1), k_coef_lip=2.0)
+    """
+
+    def __init__(self, *args: Any, k_coef_lip: float = 1.0) -> None:
+        nn.Sequential.__init__(self, *args)
+        LipschitzModule.__init__(self, k_coef_lip)
+        for module in self.children():
+            if not has_lipschitz_factor(module) and not _is_one_lipschitz(module):
+                warnings.warn(f"Sequential: {module} is not a known Lipschitz layer: the bound of the "
+                              "network does not account for it", stacklevel=2)
+        self.apply_lipschitz_factor()
+
+    def apply_lipschitz_factor(self) -> None:
+        """Give each of the ``n`` Lipschitz children the factor ``k_coef_lip ** (1 / n)``."""
+        scaled = [m for m in self.children() if has_lipschitz_factor(m)]
+        if not scaled:
+            if self._k_coef_lip != 1.0:
+                raise ValueError("Sequential: k_coef_lip != 1 needs at least one layer with a Lipschitz factor "
+                                 "(a liptriton layer, pooling or activation), got none")
+            return
+        share = self._k_coef_lip ** (1.0 / len(scaled))
+        for m in scaled:
+            m._coefficient_lip = share
+
+    def lipschitz_bound(self) -> float:
+        """Product of the children's bounds (1 for known 1-Lipschitz layers; inf for unknown ones)."""
+        bound = 1.0
+        for m in self.children():
+            if hasattr(m, "lipschitz_bound"):
+                bound *= m.lipschitz_bound()
+            elif has_lipschitz_factor(m):
+                bound *= m._coefficient_lip
+            elif not _is_one_lipschitz(m):
+                return math.inf
+        return bound
+
+    def vanilla_export(self) -> nn.Sequential:
+        """A plain ``nn.Sequential`` of the children's vanilla exports (others deep-copied)."""
+        layers = []
+        for name, layer in self.named_children():
+            layers.append((name, vanilla_model(copy.deepcopy(layer), in_place=True)))
+        return nn.Sequential(OrderedDict(layers))
+
+
+class LipResidual(nn.Module):
+    """1-Lipschitz residual merge ``a x + (1 - a) y`` with ``a = sigmoid(alpha)`` learned.
+
+    With ``y = f(x)`` and ``f`` 1-Lipschitz, ``x -> a x + (1 - a) f(x)`` is 1-Lipschitz (a convex
+    combination of 1-Lipschitz maps).
+
+    Example:
+        >>> res = LipResidual()
+        >>> x = torch.randn(2, 3)
+        >>> out = res(x, torch.tanh(x))
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        alpha = torch.sigmoid(self.alpha)
+        return alpha * x + (1 - alpha) * y
+
+
+def _plain_copy(module: nn.Module) -> nn.Module:
+    """A plain torch layer of ``module``'s torch class with its current (constrained) tensors."""
+    from liptriton.nn.conv import plain_torch_layer
+
+    return plain_torch_layer(module)
+
+
+def vanilla_model(model: nn.Module, in_place: bool = True, new_module: nn.Module | None = None) -> nn.Module:
+    """Replace every Lipschitz layer of ``model`` by its plain torch counterpart (weights baked in).
+
+    Children with ``vanilla_export`` use it; other parametrized ``nn.Linear``/``nn.Conv*``/
+    ``nn.ConvTranspose*`` (e.g. ``liptriton.bjorck(nn.Linear(...))``) become the plain torch layer;
+    containers are visited recursively. A ``model`` that itself has ``vanilla_export`` is exported.
+
+    Args:
+        model: the Lipschitz network.
+        in_place: modify ``model`` (default, as deel-torchlip) or work on a deep copy.
+        new_module: internal (recursion), leave None.
+
+    Returns:
+        The network with no parametrization left.
+
+    Example:
+        >>> import liptriton, torch
+        >>> net = torch.nn.Sequential(liptriton.SpectralLinear(4, 2))
+        >>> type(vanilla_model(net)[0]).__name__
+        'Linear'
+    """
+    if new_module is None:
+        new_module = model if in_place else copy.deepcopy(model)
+        if callable(getattr(new_module, "vanilla_export", None)):
+            return new_module.vanilla_export()
+        if parametrize.is_parametrized(new_module):
+            return _plain_copy(new_module)
+    for name, child in list(new_module.named_children()):
+        if callable(getattr(child, "vanilla_export", None)):
+            setattr(new_module, name, child.vanilla_export())
+        elif parametrize.is_parametrized(child):
+            setattr(new_module, name, _plain_copy(child))
+        elif len(list(child.children())) > 0:
+            vanilla_model(child, in_place=True, new_module=child)
+    return new_module
