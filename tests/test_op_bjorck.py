@@ -15,7 +15,7 @@ kb = pytest.importorskip("liptriton.kernels.bjorck")
 
 SHAPES = [(1, 1), (1, 7), (7, 1), (7, 7), (7, 127), (127, 7), (32, 288), (3, 5, 9)]
 ORDERS = [1, 2, 3, 4]
-N_ITERS = 4  # the interpreter is slow: few steps in kernel tests
+N_ITERS = 3  # the interpreter is slow: few steps in kernel tests
 
 
 def _ids(shape) -> str:
@@ -64,8 +64,11 @@ def test_gradcheck_reference_float64():
 # ----------------------------------------------------------------------------- fused kernels
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-@pytest.mark.parametrize("order", ORDERS)
+# every shape with orders 1 and 4, the middle orders on a few shapes (the interpreter is slow)
+FUSED_CASES = [(s, o) for o in (1, 4) for s in SHAPES] + [(s, o) for o in (2, 3) for s in SHAPES[3::2]]
+
+
+@pytest.mark.parametrize("shape,order", FUSED_CASES, ids=[f"{_ids(s)}-order{o}" for s, o in FUSED_CASES])
 def test_fused_forward_backward(interpret, nan_empty, shape, order):
     w, g = _normalized(shape), torch.randn(*shape)
     y, dw = _run(w, g, N_ITERS, order)
@@ -176,9 +179,9 @@ def test_singular_values_bounded_and_converged(interpret):
 def test_opcheck_bjorck():
     # without the interpreter: the triton_op body takes the torch path on CPU
     w = _normalized((6, 10)).requires_grad_()
-    torch.library.opcheck(torch.ops.liptriton.bjorck.default, (w, 3, 2, 0.5))
+    torch.library.opcheck(torch.ops.liptriton.bjorck.default, (w, 2, 2, 0.5))
     torch.library.opcheck(torch.ops.liptriton.bjorck_backward.default,
-                          (w.detach(), torch.randn(6, 10), 3, 2, 0.5))
+                          (w.detach(), torch.randn(6, 10), 2, 2, 0.5))
 
 
 def test_opcheck_bjorck_grouped():
