@@ -127,17 +127,20 @@ def bjorck_tiled_backward(w: torch.Tensor, grad: torch.Tensor, n_iters: int, coe
         x = xs[t]
         g = mm(x, x.mT, precision=precision)
         dp = mm(dy, x.mT, precision=precision)
-        # Horner partial polynomials P_k = sum_{i >= k} c_i G^(i - k), P_order = c_order I
-        ps = [eye * coeffs[order]]
-        for c in reversed(coeffs[:-1]):
-            ps.insert(0, mm(g, ps[0], d=eye, beta=c, precision=precision))
-        dg = mm(dp, ps[1].mT, precision=precision)
-        dk = dp
-        for k in range(1, order):
-            dk = mm(g.mT, dk, precision=precision)
-            dg = mm(dk, ps[k + 1].mT, d=dg, beta=1.0, precision=precision)
+        # reverse Horner (P_k = G P_{k+1} + c_k I): dG = sum_k (G^T)^k dP P_{k+1}^T, accumulated
+        # from k = order-1 down to 0 while the forward Horner produces P_{k+1}
+        dg = dp * coeffs[order]
+        p = None  # P_order = c_order I, kept implicit
+        for k in range(order - 2, -1, -1):
+            c = coeffs[k + 1]
+            p = g * coeffs[order] + eye * c if p is None else mm(g, p, d=eye, beta=c, precision=precision)
+            dg = mm(g.mT, dg, precision=precision)
+            dg = mm(dp, p.mT, d=dg, beta=1.0, precision=precision)
         gs = dg + dg.mT
         dst = _wide(dx_full) if t == 0 else torch.empty(x.shape, device=w.device, dtype=torch.float32)
-        tmp = mm(ps[0].mT, dy, precision=precision)
+        if p is None:  # order 1: P_0^T dY = c1 G^T dY + c0 dY in one epilogue
+            tmp = mm(g.mT, dy, alpha=coeffs[1], d=dy, beta=coeffs[0], precision=precision)
+        else:
+            tmp = mm(mm(g, p, d=eye, beta=coeffs[0], precision=precision).mT, dy, precision=precision)
         dy = mm(gs, x, d=tmp, beta=1.0, out=dst, precision=precision)
     return dx_full
