@@ -151,7 +151,7 @@ def test_grouped_single_launch(interpret, monkeypatch):
     real = grouped_module.bjorck_grouped_forward
     monkeypatch.setattr(grouped_module, "bjorck_grouped_forward",
                         lambda *a, **k: launches.append(1) or real(*a, **k))
-    monkeypatch.setattr(kb, "bjorck_forward", None)  # no per-matrix launch either
+    monkeypatch.setattr(sys.modules["liptriton.ops.bjorck"], "_kernel_forward", None)  # no per-matrix launch
     ys = ops.bjorck_grouped([_normalized((4, 9)), _normalized((9, 4)), _normalized((2, 3, 3))], n_iters=2)
     assert len(launches) == 1 and [y.shape for y in ys] == [(4, 9), (9, 4), (2, 3, 3)]
 
@@ -186,7 +186,9 @@ def test_opcheck_bjorck():
 
 def test_opcheck_bjorck_grouped():
     flat = torch.randn(4 * 6 + 5 * 3).mul(0.1).requires_grad_()
-    torch.library.opcheck(torch.ops.liptriton.bjorck_grouped.default, (flat, [4, 6, 5, 3], 3, 1, 0.5))
+    torch.library.opcheck(torch.ops.liptriton.bjorck_grouped.default, (flat, [4, 6, 5, 3], 2, 1, 0.5))
+    torch.library.opcheck(torch.ops.liptriton.bjorck_grouped_backward.default,
+                          (flat.detach(), torch.randn(39), [4, 6, 5, 3], 2, 1, 0.5))
 
 
 @pytest.mark.parametrize("fn", [ops.bjorck, lambda w, *a, **k: ops.bjorck_grouped([w], *a, **k)],
