@@ -56,7 +56,8 @@ def _blocks(s_max: int, l_max: int, device: torch.device) -> dict[str, int]:
 
 def _check_batch(w: torch.Tensor, n_iters: int) -> None:
     if w.dim() != 3 or not w.is_floating_point():
-        raise ValueError(f"bjorck kernels: expected a floating (B, m, n) tensor, got {w.dtype} {tuple(w.shape)}")
+        raise ValueError(f"bjorck kernels: expected a floating (B, m, n) tensor, got {w.dtype} "
+                         f"{tuple(w.shape)}")
     if n_iters < 1:
         raise ValueError(f"bjorck kernels: n_iters must be >= 1, got {n_iters}")
 
@@ -100,7 +101,8 @@ def bjorck_backward(w: torch.Tensor, grad: torch.Tensor, n_iters: int, coeffs: t
     s, ln, stride_s, stride_l = _layout(m, n)
     wrap_triton(_bjorck_fused_bwd_kernel)[(b,)](
         w, grad, dx, scratch, w, s, ln, m * n, stride_s, stride_l, int(n_iters), b * m * n,
-        *_coeffs5(coeffs), ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision, **_blocks(s, ln, w.device))
+        *_coeffs5(coeffs), ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision,
+        **_blocks(s, ln, w.device))
     return dx
 
 
@@ -117,7 +119,8 @@ def _table(shapes: list[tuple[int, int]], device: torch.device) -> tuple[torch.T
 
 def _check_group(flat: torch.Tensor, shapes: list[tuple[int, int]], n_iters: int) -> None:
     if flat.dim() != 1 or not flat.is_floating_point():
-        raise ValueError(f"bjorck grouped kernels: expected a floating 1-D packed buffer, got {tuple(flat.shape)}")
+        raise ValueError(f"bjorck grouped kernels: expected a floating 1-D packed buffer, got "
+                         f"{tuple(flat.shape)}")
     if sum(m * n for m, n in shapes) != flat.numel():
         raise ValueError(f"bjorck grouped kernels: shapes {shapes} do not add up to {flat.numel()} elements")
     if n_iters < 1:
@@ -142,7 +145,8 @@ def bjorck_grouped_forward(flat: torch.Tensor, shapes: list[tuple[int, int]], n_
 
 
 def bjorck_grouped_backward(flat: torch.Tensor, grad: torch.Tensor, shapes: list[tuple[int, int]],
-                            n_iters: int, coeffs: tuple[float, ...], *, precision: str = "ieee") -> torch.Tensor:
+                            n_iters: int, coeffs: tuple[float, ...], *,
+                            precision: str = "ieee") -> torch.Tensor:
     """Gradient of :func:`bjorck_grouped_forward` w.r.t. the packed ``flat``, one launch."""
     _check_group(flat, shapes, n_iters)
     flat, grad = flat.contiguous(), grad.contiguous()

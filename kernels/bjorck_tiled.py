@@ -55,7 +55,8 @@ def _mm_kernel(p_a, p_b, p_d, p_c, M, N, K, sa_b, sa_m, sa_k, sb_b, sb_k, sb_n, 
     b_c = alpha * b_acc
     if HAS_D:  # epilogue: the Björck update c0 X (or a Horner term) added in registers
         p_d = p_d + i_b * sd_b
-        b_c += beta * tl.load(p_d + o_m[:, None] * sd_m + o_n[None, :] * sd_n, mask=m_c, other=0.0).to(tl.float32)
+        b_d = tl.load(p_d + o_m[:, None] * sd_m + o_n[None, :] * sd_n, mask=m_c, other=0.0)
+        b_c += beta * b_d.to(tl.float32)
     p_c = p_c + i_b * sc_b
     tl.store(p_c + o_m[:, None] * sc_m + o_n[None, :] * sc_n, b_c, mask=m_c)
 

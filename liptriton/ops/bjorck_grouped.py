@@ -130,8 +130,9 @@ if HAS_TRITON:
                                     beta: float) -> Tensor:
         """Gradient of ``liptriton::bjorck_grouped`` w.r.t. the packed buffer (one launch)."""
         if not kernel_runnable(flat) or flat.numel() == 0:
-            return torch.cat([bjorck_vjp_reference(x, g, n_iters, order, beta).reshape(-1)
-                              for x, g in zip(_unpack(flat, shapes), _unpack(grad, shapes))] + [flat.new_empty(0)])
+            parts = zip(_unpack(flat, shapes), _unpack(grad, shapes))
+            return torch.cat([bjorck_vjp_reference(x, g, n_iters, order, beta).reshape(-1) for x, g in parts]
+                             + [flat.new_empty(0)])
         return bjorck_grouped_backward(flat, grad, _pairs(shapes), n_iters, bjorck_coefficients(order, beta))
 
     def _setup_context(ctx, inputs, output) -> None:
