@@ -15,19 +15,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from liptriton.export import (
+from liptriton._files import (
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
-    _cpu_tensors,
     check_state,
     check_user_metadata,
+    cpu_tensors,
     read,
     versions,
     write,
 )
 from liptriton.parametrizations._base import ConvNormState, LipschitzParametrization, MatrixNormState
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["load_checkpoint", "save_checkpoint"]
 
 
 def _encode(obj: Any, tensors: dict[str, Tensor], owner: str) -> Any:
@@ -44,7 +44,7 @@ def _encode(obj: Any, tensors: dict[str, Tensor], owner: str) -> Any:
         return [_encode(v, tensors, owner) for v in obj]
     if isinstance(obj, dict):
         return {"__dict__": [[_encode(k, tensors, owner), _encode(v, tensors, owner)] for k, v in obj.items()]}
-    raise ValueError(f"{owner}: cannot store a {type(obj).__name__} of the optimizer state in safetensors")
+    raise TypeError(f"{owner}: cannot store a {type(obj).__name__} of the optimizer state in safetensors")
 
 
 def _decode(obj: Any, tensors: dict[str, Tensor], owner: str, path) -> Any:
@@ -102,7 +102,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, optimizer: torch.
     """
     owner = "liptriton.save_checkpoint"
     user = check_user_metadata(owner, metadata)
-    tensors = _cpu_tensors(owner, model.state_dict(), prefix="model/")
+    tensors = cpu_tensors(owner, model.state_dict(), prefix="model/")
     opt_tensors: dict[str, Tensor] = {}
     opt = None if optimizer is None else _encode(optimizer.state_dict(), opt_tensors, owner)
     tensors.update(opt_tensors)
@@ -114,7 +114,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, optimizer: torch.
 def _check_optimizer(owner: str, path, saved: dict, optimizer: torch.optim.Optimizer) -> None:
     groups = saved.get("param_groups") if isinstance(saved, dict) else None
     if not isinstance(groups, list):
-        raise ValueError(f"{owner}: {path} has corrupted optimizer metadata")
+        raise ValueError(f"{owner}: {path} has corrupted optimizer metadata")  # noqa: TRY004 (a bad file)
     have = [len(g["params"]) for g in optimizer.param_groups]
     found = [len(g.get("params", [])) for g in groups]
     if have != found:

@@ -62,7 +62,7 @@ ARCH = textwrap.dedent('''
                              c(nn.Linear(4 * 6 * 6, 3), "bjorck"))
 ''')
 ARCHS = {}
-exec(ARCH, ARCHS)
+exec(ARCH, ARCHS)  # noqa: S102 (our own source, shared with the subprocess)
 INPUTS = {"dense": (8,), "conv": (2, 8, 8), "residual": (2, 6, 6)}
 
 
@@ -185,7 +185,7 @@ def test_subprocess_without_liptriton(exported, tmp_path):
         print("reproduced")
     ''')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert "reproduced" in done.stdout
 
@@ -213,6 +213,17 @@ def test_bake_converges_stale_state_and_keeps_activations():
     s2, s3 = dense_singular_values(w2), dense_singular_values(baked[3].weight)
     assert float(s3.max()) <= 1 + BOUND_SLACK and float((1 - s3).abs().max()) < float((1 - s2).abs().max())
     assert float(s3.min()) >= 0.99
+
+
+def test_bake_example_input_grows_conv_size_and_leaves_original():
+    net = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3, padding=1), n_iters_init=60))
+    net(torch.randn(1, 2, 5, 5))
+    state = net[0].parametrizations.weight[0].conv
+    before = state.x.clone()
+    baked = liptriton.bake(net, example_input=torch.randn(1, 2, 9, 9))
+    assert torch.equal(state.x, before)  # the copy's hooks and iterations never reach the original
+    assert OperatorNorm((2, 9, 9))(plain_conv(baked[0], baked[0].weight)) == pytest.approx(1.0, rel=BOUND_SLACK)
+    assert OperatorNorm((2, 5, 5))(plain_conv(baked[0], baked[0].weight)) <= 1.0
 
 
 def test_checkpoint_resumes_bit_exact(tmp_path):
@@ -283,6 +294,24 @@ def test_wrong_architecture_lists_everything_and_loads_nothing(exported):
     assert "2.bias: file (16,), model (17,)" in msg and "2.weight: file (16, 16), model (17, 16)" in msg
     assert all(torch.equal(state[k], v) for k, v in wrong.state_dict().items())
     _expect("has parametrizations", liptriton.load, path, constrained("dense"))
+
+
+def test_checkpoint_keeps_state_flags(tmp_path):
+    """A state not converged yet (no forward seen) stays so: its first forward converges, as uninterrupted."""
+    model = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3), n_iters_init=5))
+    path = tmp_path / "c.safetensors"
+    liptriton.save_checkpoint(model, path)
+    other = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3), n_iters_init=5))
+    other(torch.randn(1, 2, 7, 7))  # other has converged at another size: the checkpoint resets that
+    liptriton.load_checkpoint(path, other)
+    a, b = model[0].parametrizations.weight[0].conv, other[0].parametrizations.weight[0].conv
+    assert (b.fresh, b.observed) == (a.fresh, a.observed) and torch.equal(a.x, b.x)
+    x = torch.randn(1, 2, 6, 6)
+    outputs = []
+    for m in (model, other):  # the first forward draws a fresh basis at the input's size: same RNG
+        torch.manual_seed(5)
+        outputs.append(m(x))
+    assert torch.equal(*outputs)
 
 
 def test_checkpoint_mismatches(tmp_path):
