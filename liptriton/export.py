@@ -13,6 +13,7 @@ import copy
 import importlib
 import math
 import os
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -193,6 +194,10 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
                         entry["k"], entry["bound"] = p.k, p.lipschitz_bound()
                         conv = getattr(p, "conv", None)
                         if isinstance(conv, ConvNormState):
+                            if not conv.observed:
+                                warnings.warn(f"liptriton.bake: {entry['name']} has never seen an input: its operator "
+                                              f"norm is taken at the default input size {conv.input_size}; run the "
+                                              "model once or pass example_input", stacklevel=3)
                             entry["input_size"] = list(conv.input_size)
                             entry["input_size_observed"] = bool(conv.observed)
                             entry["_conv"] = (conv.spec, conv.x[:1].float().clone())

@@ -190,6 +190,32 @@ def test_subprocess_without_liptriton(exported, tmp_path):
     assert "reproduced" in done.stdout
 
 
+def test_liptriton_layers_become_plain_torch_layers(tmp_path):
+    net = liptriton.Sequential(liptriton.SpectralConv2d(2, 4, 3, padding=1), liptriton.GroupSort2(), nn.Flatten(),
+                               liptriton.SpectralLinear(4 * 6 * 6, 8), liptriton.LPReLU(),
+                               liptriton.FrobeniusLinear(8, 2))
+    x = torch.randn(3, 2, 6, 6)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(3):
+        train_step(net, opt, x, torch.zeros(3, 2))
+    net.eval()
+    with torch.no_grad():
+        y = net(x)
+    path = tmp_path / "layers.safetensors"
+    liptriton.save(net, path)
+    plain = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), ARCHS["GroupSort2"](), nn.Flatten(), nn.Linear(144, 8),
+                          nn.PReLU(), nn.Linear(8, 2)).eval()
+    liptriton.load(path, plain)
+    with torch.no_grad():
+        assert_close(plain(x), y)
+    assert [type(m) for m in liptriton.bake(net)] == [nn.Conv2d, liptriton.GroupSort2, nn.Flatten, nn.Linear,
+                                                       nn.PReLU, nn.Linear]
+    layers = {e["name"]: e for e in liptriton.load_metadata(path)["layers"]}
+    assert [e["module"] for e in layers.values()] == ["SpectralConv2d", "SpectralLinear", "FrobeniusLinear"]
+    for key, norm in _measured_norms(plain, x, list(layers)).items():
+        assert norm <= layers[key]["bound"] * (1 + BOUND_SLACK), (key, norm)
+
+
 def test_bake_converges_stale_state_and_keeps_activations():
     net = nn.ModuleList([liptriton.spectral(nn.Linear(12, 10), k=2.0), liptriton.GroupSort2(),
                          liptriton.spectral(nn.Conv1d(10, 4, 3, padding=1)), liptriton.bjorck(nn.Linear(4, 4), n_iters=2)])
@@ -200,6 +226,8 @@ def test_bake_converges_stale_state_and_keeps_activations():
         conv_state = net[2].parametrizations.weight[0].conv
         conv_state.x.copy_(torch.randn_like(conv_state.x))
     before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.warns(UserWarning, match="never seen an input"):
+        liptriton.bake(nn.Sequential(liptriton.spectral(nn.Conv2d(1, 1, 3), n_iters_init=5)))
     baked = liptriton.bake(net)
     assert type(baked[0]) is nn.Linear and type(baked[2]) is nn.Conv1d and type(baked[1]) is liptriton.GroupSort2
     assert not any(parametrize.is_parametrized(m) for m in baked.modules())
