@@ -4,6 +4,8 @@ the matrix view of a layer's weight, and the state that tracks a convolution's o
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -153,9 +155,12 @@ class ConvNormState(nn.Module):
         the largest size seen (the bound then holds for every input up to it).
         """
         size = tuple(inp.shape[2:])
-        if len(size) != self.spec.ndim or size == self.input_size:
+        if len(size) != self.spec.ndim or (self.observed and size == self.input_size):
             return
         if not self.observed:
+            self.observed = True
+            if size == self.input_size:
+                return
             grown = size
         elif any(s > t for s, t in zip(size, self.input_size)):
             grown = tuple(max(s, t) for s, t in zip(size, self.input_size))
@@ -198,6 +203,12 @@ class LipschitzParametrization(nn.Module):
     cache is used when no gradient can flow to the parameter (``no_grad``, or a frozen
     parameter); otherwise the weight is recomputed so that gradients stay exact.
 
+    Switching to eval mode (``model.eval()``) converges the power-iteration state on the
+    current weight (``n_iters_init`` more steps from the warm state, outside any compiled
+    region): during training the state advances a few steps per forward and lags behind the
+    optimizer, which can push up singular directions it does not track yet; eval outputs,
+    exports and certificates then use a converged estimate.
+
     Subclasses implement :meth:`compute` and :meth:`lipschitz_bound`.
     """
 
@@ -206,6 +217,7 @@ class LipschitzParametrization(nn.Module):
         self.k = k
         self._cache: Tensor | None = None
         self._cache_key: tuple | None = None
+        self._original: Callable[[], Tensor | None] | None = None  # set by register()
 
     def lipschitz_bound(self) -> float:
         """Return the guaranteed l2 Lipschitz constant of the operator the layer applies."""
@@ -235,7 +247,25 @@ class LipschitzParametrization(nn.Module):
 
     def train(self, mode: bool = True) -> LipschitzParametrization:
         self._cache = None
+        if self.training and not mode:
+            self.converge()
         return super().train(mode)
+
+    def converge(self) -> None:
+        """Run extra power-iteration steps on the current weight (no gradient, in place)."""
+        original = self._original() if self._original is not None else None
+        states = [m for m in (getattr(self, "state", None), getattr(self, "conv", None)) if m is not None]
+        if original is None or not states or torch.compiler.is_compiling():
+            return
+        saved = [m.fresh for m in states]
+        for m in states:
+            m.fresh = True
+        try:
+            with torch.no_grad(), torch.autocast(device_type=original.device.type, enabled=False):
+                self.compute(original.float())
+        finally:
+            for m, fresh in zip(states, saved):
+                m.fresh = fresh and m.fresh
 
 
 class MatrixNormState(nn.Module):
@@ -289,6 +319,10 @@ def register(module: nn.Module, name: str, parametrization: LipschitzParametriza
         conv_state.deferred = True  # register_parametrization evaluates once; do not converge yet
     try:
         parametrize.register_parametrization(module, name, parametrization)
+        plist = getattr(module.parametrizations, name)
+        if len(plist) == 1:  # the first parametrization sees the original tensor itself
+            ref = weakref.ref(plist)
+            parametrization._original = lambda: getattr(ref(), "original", None)
     finally:
         if isinstance(conv_state, ConvNormState):
             conv_state.deferred = False
