@@ -146,6 +146,10 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
             checkpoint, another architecture or constraint, or a missing optimizer state.
 
     Example:
+        >>> import torch, liptriton
+        >>> net = torch.nn.Sequential(liptriton.bjorck(torch.nn.Linear(4, 2)))
+        >>> opt = torch.optim.Adam(net.parameters())
+        >>> liptriton.save_checkpoint(net, "/tmp/ckpt.safetensors", opt, metadata={"epoch": 3})
         >>> info = liptriton.load_checkpoint("/tmp/ckpt.safetensors", net, opt)
         >>> info["epoch"]
         3

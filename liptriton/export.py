@@ -251,8 +251,8 @@ def bake(model: nn.Module, *, example_input: Tensor | tuple | None = None,
     Example:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(liptriton.bjorck(torch.nn.Linear(4, 4)))
-        >>> list(liptriton.bake(net).state_dict())
-        ['0.weight', '0.bias']
+        >>> sorted(liptriton.bake(net).state_dict())
+        ['0.bias', '0.weight']
     """
     return _bake(model, example_input, power_iters)[0]
 
@@ -332,6 +332,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             export, or a wrong architecture.
 
     Example:
+        >>> import torch, liptriton
+        >>> liptriton.save(torch.nn.Sequential(liptriton.spectral(torch.nn.Linear(4, 2))), "/tmp/net.safetensors")
         >>> model = liptriton.load("/tmp/net.safetensors", torch.nn.Sequential(torch.nn.Linear(4, 2)))
     """
     owner = "liptriton.load"
@@ -349,6 +351,8 @@ def load_metadata(path: str | os.PathLike) -> dict:
     """Return the decoded metadata of a liptriton file (export or checkpoint), without reading tensors.
 
     Example:
+        >>> import torch, liptriton
+        >>> liptriton.save(torch.nn.Sequential(liptriton.spectral(torch.nn.Linear(4, 2))), "/tmp/net.safetensors")
         >>> liptriton.load_metadata("/tmp/net.safetensors")["format"]
         'liptriton.export'
     """
