@@ -114,7 +114,7 @@ def _extra_bjorck_steps(p: Bjorck, w: Tensor) -> int:
     while extra < _MAX_EXTRA_BJORCK and err > 0:
         q1 = bjorck_op(q, 1, p.order, p.beta)
         err1 = _orth_error(q1)
-        if not err1 < 0.9 * err:
+        if not err1 < err:  # in exact arithmetic every singular value moves towards 1: stop at the float floor
             break
         q, err, extra = q1, err1, extra + 1
     return extra
@@ -172,7 +172,9 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
     if not isinstance(model, nn.Module):
         raise TypeError(f"liptriton.bake: model must be an nn.Module, got {type(model).__name__}")
     check_iters("liptriton.bake", "power_iters", power_iters, optional=True)
-    baked = copy.deepcopy(model).eval()
+    baked = copy.deepcopy(model)
+    modes = {name: m.training for name, m in baked.named_modules()}
+    baked.eval()
     _own_classes(baked)
     _drop_stale_hooks(baked)
     if example_input is not None:
@@ -212,7 +214,8 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
         if parametrize.is_parametrized(m):
             for name in list(m.parametrizations.keys()):
                 parametrize.remove_parametrizations(m, name, leave_parametrized=True)
-    baked.train(model.training)
+    for name, m in baked.named_modules():  # each module back in its mode (plain modules: no side effect)
+        m.training = modes.get(name, model.training)
     state = baked.state_dict()
     for entry in layers:  # the operator norm of what was baked, as measured here
         weight = state.get(entry["name"])

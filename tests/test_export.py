@@ -225,6 +225,8 @@ def test_bake_converges_stale_state_and_keeps_activations():
         net[0].parametrizations.weight[0].state.v.copy_(torch.randn(1, 12).div(12 ** 0.5))
         conv_state = net[2].parametrizations.weight[0].conv
         conv_state.x.copy_(torch.randn_like(conv_state.x))
+        u, _, vh = torch.linalg.svd(torch.randn(4, 4))  # Björck from an ill-conditioned weight: 2 steps are not enough
+        net[3].parametrizations.weight.original.copy_(u @ torch.diag(torch.tensor([1.0, 0.5, 0.1, 0.02])) @ vh)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.warns(UserWarning, match="never seen an input"):
         liptriton.bake(nn.Sequential(liptriton.spectral(nn.Conv2d(1, 1, 3), n_iters_init=5)))
