@@ -85,7 +85,7 @@ def _state_flags(model: nn.Module) -> dict[str, dict]:
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, optimizer: torch.optim.Optimizer | None = None,
-                    *, metadata: dict | None = None) -> None:
+                    *, metadata: dict | None = None, rng: bool = True) -> None:
     """Write the unbaked training state (model and optionally optimizer) to a safetensors file.
 
     Args:
@@ -93,6 +93,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, optimizer: torch.
         path: the file to write (written atomically).
         optimizer: its state (tensors, param groups, step counts) is stored too.
         metadata: your own JSON-serializable dict (e.g. the epoch), stored under ``user``.
+        rng: store the random number generator states (CPU, and CUDA where initialized), so that
+            dropout and data shuffling also resume exactly.
 
     Example:
         >>> import torch, liptriton
@@ -106,6 +108,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, optimizer: torch.
     opt_tensors: dict[str, Tensor] = {}
     opt = None if optimizer is None else _encode(optimizer.state_dict(), opt_tensors, owner)
     tensors.update(opt_tensors)
+    if rng:
+        tensors["rng/cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            tensors.update({f"rng/cuda{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
     meta = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, **versions(),
             "constraints": _constraints(model), "state_flags": _state_flags(model), "optimizer": opt, "user": user}
     write(path, tensors, meta)
@@ -123,7 +129,7 @@ def _check_optimizer(owner: str, path, saved: dict, optimizer: torch.optim.Optim
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict:
+                    optimizer: torch.optim.Optimizer | None = None, *, restore_rng: bool = True) -> dict:
     """Restore a checkpoint of :func:`save_checkpoint` into ``model`` (and ``optimizer``), exactly.
 
     Build the same model (same constraints) and optimizer, then load: the next training step
@@ -136,6 +142,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
         path: the file.
         model: the model, constructed as the one that was saved.
         optimizer: the optimizer to restore (the file must hold one).
+        restore_rng: set the random number generators to their saved states (when stored).
 
     Returns:
         The ``user`` metadata stored with the checkpoint.
@@ -181,4 +188,9 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
             m._cache = None
     if saved_opt is not None:
         optimizer.load_state_dict(saved_opt)
+    if restore_rng and "rng/cpu" in tensors:
+        torch.set_rng_state(tensors["rng/cpu"])
+        cuda = [tensors[f"rng/cuda{i}"] for i in range(len(tensors)) if f"rng/cuda{i}" in tensors]
+        if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+            torch.cuda.set_rng_state_all(cuda)
     return meta.get("user", {})

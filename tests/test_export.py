@@ -326,6 +326,20 @@ def test_wrong_architecture_lists_everything_and_loads_nothing(exported):
     _expect("has parametrizations", liptriton.load, path, constrained("dense"))
 
 
+def test_checkpoint_resumes_dropout_and_rng(tmp_path):
+    x, t = torch.randn(6, 8), torch.randn(6, 4)
+    model = nn.Sequential(liptriton.bjorck(nn.Linear(8, 16)), nn.Dropout(0.5), liptriton.spectral(nn.Linear(16, 4)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_step(model, opt, x, t)
+    path = tmp_path / "rng.safetensors"
+    liptriton.save_checkpoint(model, path, opt)
+    expected = [train_step(model, opt, x, t) for _ in range(2)]
+    fresh = nn.Sequential(liptriton.bjorck(nn.Linear(8, 16)), nn.Dropout(0.5), liptriton.spectral(nn.Linear(16, 4)))
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    liptriton.load_checkpoint(path, fresh, fresh_opt)
+    assert all(torch.equal(a, train_step(fresh, fresh_opt, x, t)) for a in expected)
+
+
 def test_checkpoint_keeps_state_flags(tmp_path):
     """A state not converged yet (no forward seen) stays so: its first forward converges, as uninterrupted."""
     model = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3), n_iters_init=5))
