@@ -27,7 +27,7 @@ class SpectralLinear(LipschitzModule, nn.Linear):
         bias: learn an additive bias (initialized to zero).
         k_coef_lip: the Lipschitz constant (reached).
         eps_spectral: accepted for compatibility (> 0): deel-torchlip's power-iteration
-            tolerance; here the count is fixed (1 warm-started step per training forward).
+            tolerance; here the count is fixed (5 warm-started steps per training forward).
         eps_bjorck: accepted for compatibility (> 0): the Björck count is fixed (15);
             None disables orthogonalization, as in deel-torchlip (spectral normalization and
             one Björck step that keeps the bound exact; see :mod:`liptriton.nn.conv`).
