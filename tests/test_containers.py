@@ -146,3 +146,15 @@ def test_lip_residual_equals_deel():
     deel.load_state_dict(ours.state_dict())
     x, y = torch.randn(2, 3), torch.randn(2, 3)
     assert_close(ours(x, y), deel(x, y))
+
+
+def test_exported_names():
+    names = ["LipschitzModule", "Sequential", "LipResidual", "vanilla_model", "SpectralLinear", "FrobeniusLinear",
+             "SpectralConv1d", "SpectralConv2d", "FrobeniusConv2d", "SpectralConvTranspose2d", "PadConv1d",
+             "PadConv2d", "ScaledAvgPool2d", "ScaledL2NormPool2d", "ScaledAdaptiveAvgPool2d",
+             "ScaledAdaptativeL2NormPool2d", "InvertibleDownSampling", "InvertibleUpSampling", "LayerCentering",
+             "BatchCentering", "BatchLipNorm", "ScaleBiasLayer"]
+    namespace: dict = {}
+    exec("from liptriton import *", namespace)
+    for name in names:
+        assert namespace[name] is getattr(liptriton, name) is getattr(liptriton.nn, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from _measure import OperatorNorm
@@ -128,3 +130,16 @@ def test_vanilla_export():
     assert scaled.vanilla_export() is scaled  # no plain torch equivalent: itself (no parametrization)
     x = torch.randn(1, 1, 4, 4)
     assert_close(scaled(x), 2.0 * nn.PixelUnshuffle(2)(x))
+
+
+def test_pooling_and_batch_lipnorm_compile_fullgraph():
+    """No data-dependent Python branch (deel-torchlip's BatchLipNorm calls .item()): fullgraph works."""
+    torch._dynamo.reset()
+    net = nn.Sequential(liptriton.BatchLipNorm(3), liptriton.ScaledL2NormPool2d(2), liptriton.LayerCentering(3),
+                        liptriton.InvertibleDownSampling(2), liptriton.ScaledAdaptiveAvgPool2d((1, 1)))
+    compiled = torch.compile(net, fullgraph=True, backend="eager")
+    x = torch.randn(4, 3, 8, 8)
+    for train in (True, False):
+        net.train(train)
+        expected = copy.deepcopy(net)(x)
+        assert_close(compiled(x), expected)

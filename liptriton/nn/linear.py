@@ -70,7 +70,7 @@ class FrobeniusLinear(LipschitzModule, nn.Linear):
     Example:
         >>> import torch
         >>> lin = FrobeniusLinear(16, 1)
-        >>> round(float(lin.weight.norm()), 4)
+        >>> round(float(lin.weight.detach().norm()), 4)
         1.0
     """
 
