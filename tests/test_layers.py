@@ -3,6 +3,8 @@ equal, bad arguments fail with clear errors."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -211,3 +213,22 @@ def test_bad_arguments(make, words):
         make()
     for w in words:
         assert w in str(err.value)
+
+
+@pytest.mark.parametrize("case", ["spectral_linear", "frobenius_linear_joint", "spectral_conv1d",
+                                  "spectral_conv2d_groups_dilation", "spectral_conv2d_symmetric", "frobenius_conv2d",
+                                  "spectral_conv_transpose2d"])
+def test_compile_fullgraph_training(case):
+    """Dynamo captures the training forward and backward in one graph (a graph break raises), with the
+    same outputs as an eager copy (AOT autograd: see the usage-example test)."""
+    factory, shape, _, _ = CASES[case]
+    torch._dynamo.reset()
+    layer = factory()
+    x = torch.randn(2, *shape)
+    liptriton.parametrizations.initialize(layer, x)
+    eager = copy.deepcopy(layer)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    for _ in range(2):
+        out = compiled(x)
+        out.square().sum().backward()
+        assert_close(out.detach(), eager(x).detach(), iterative=True)
