@@ -126,7 +126,8 @@ class Sequential(LipschitzModule, nn.Sequential):
     The ``n`` children with a Lipschitz factor (liptriton layers, pooling, activations, nested
     Sequentials) each get ``k_coef_lip ** (1 / n)``, and the factor really reaches their
     parametrizations (deel-torchlip sets it on the attribute only, leaving its spectral layers
-    1-Lipschitz). Children neither Lipschitz-scaled nor known 1-Lipschitz raise a warning.
+    1-Lipschitz). As in deel-torchlip, a child's own ``k_coef_lip`` is overridden by its share.
+    Children neither Lipschitz-scaled nor known 1-Lipschitz raise a warning.
 
     Args:
         *args: the layers (or one OrderedDict), as ``nn.Sequential``.

@@ -282,8 +282,9 @@ class FrobeniusConv2d(_SpectralConvMixin, PadConv2d):
     one input element (``kh * kw`` at stride 1, fewer at larger strides, which are supported).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode: as :class:`PadConv2d`.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as
+            :class:`PadConv2d`.
+        padding_mode: "zeros" or "circular" (modes that copy input elements break the bound).
         k_coef_lip: the Lipschitz constant bound.
 
     Example:
@@ -295,6 +296,10 @@ class FrobeniusConv2d(_SpectralConvMixin, PadConv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _size_2_t, stride: _size_2_t = 1,
                  padding: str | _size_2_t = 0, dilation: _size_2_t = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", k_coef_lip: float = 1.0) -> None:
+        if padding_mode not in ("zeros", "circular"):
+            raise ValueError(f"FrobeniusConv2d: padding_mode must be 'zeros' or 'circular', got {padding_mode!r}: "
+                             "padding that copies input elements (reflect, replicate, symmetric) breaks the "
+                             "Frobenius bound (measured 1.08 k with reflect); use SpectralConv2d")
         PadConv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                            padding_mode)
         LipschitzModule.__init__(self, k_coef_lip)
