@@ -29,6 +29,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+# One intra-op thread per test process: pytest-xdist runs one process per core, and tiny
+# convolutions run 100x slower when threads oversubscribe the cores.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -1,33 +1,35 @@
 """Operations: one file each, a pure-torch reference and a Triton kernel dispatched by device."""
 
-from liptriton.ops.bjorck import bjorck, bjorck_coefficients, bjorck_reference
+from liptriton.ops.bjorck import bjorck, bjorck_coefficients, bjorck_reference, bjorck_vjp_reference
+from liptriton.ops.bjorck_grouped import bjorck_grouped, bjorck_grouped_reference
 from liptriton.ops.frobenius import frobenius_normalize, frobenius_normalize_reference
+from liptriton.ops.gram_bound import gram_spectral_bound
+from liptriton.ops.group_sort import full_sort, group_sort, group_sort_reference
 from liptriton.ops.householder import householder_product, householder_product_reference
+from liptriton.ops.max_min import max_min, max_min_reference
+from liptriton.ops.multiclass_hinge import multiclass_hkr, multiclass_hkr_reference
 from liptriton.ops.power_iteration import power_iteration, power_iteration_reference, spectral_sigma
 
 __all__ = [
     "bjorck",
     "bjorck_coefficients",
+    "bjorck_grouped",
+    "bjorck_grouped_reference",
     "bjorck_reference",
+    "bjorck_vjp_reference",
     "frobenius_normalize",
     "frobenius_normalize_reference",
+    "full_sort",
+    "gram_spectral_bound",
+    "group_sort",
+    "group_sort_reference",
     "householder_product",
     "householder_product_reference",
+    "max_min",
+    "max_min_reference",
+    "multiclass_hkr",
+    "multiclass_hkr_reference",
     "power_iteration",
     "power_iteration_reference",
     "spectral_sigma",
 ]
-
-from liptriton.ops.bjorck import bjorck_vjp_reference  # noqa: E402
-from liptriton.ops.bjorck_grouped import bjorck_grouped, bjorck_grouped_reference  # noqa: E402
-
-__all__ += ["bjorck_vjp_reference", "bjorck_grouped", "bjorck_grouped_reference"]
-
-from liptriton.ops.group_sort import full_sort, group_sort, group_sort_reference  # noqa: E402
-from liptriton.ops.max_min import max_min, max_min_reference  # noqa: E402
-
-__all__ += ["group_sort", "full_sort", "group_sort_reference", "max_min", "max_min_reference"]
-
-from liptriton.ops.multiclass_hinge import multiclass_hkr, multiclass_hkr_reference  # noqa: E402
-
-__all__ += ["multiclass_hkr", "multiclass_hkr_reference"]

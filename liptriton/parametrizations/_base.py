@@ -4,8 +4,7 @@ the matrix view of a layer's weight, and the state that tracks a convolution's o
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Callable
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -217,7 +216,9 @@ class LipschitzParametrization(nn.Module):
         self.k = k
         self._cache: Tensor | None = None
         self._cache_key: tuple | None = None
-        self._original: Callable[[], Tensor | None] | None = None  # set by register()
+        # [ParametrizationList] when this is its first parametrization (set by register()): a
+        # list, so that nn.Module does not register it, and deepcopy maps it to the copy's list.
+        self._owner: list[nn.Module] = []
 
     def lipschitz_bound(self) -> float:
         """Return the guaranteed l2 Lipschitz constant of the operator the layer applies."""
@@ -253,7 +254,7 @@ class LipschitzParametrization(nn.Module):
 
     def converge(self) -> None:
         """Run extra power-iteration steps on the current weight (no gradient, in place)."""
-        original = self._original() if self._original is not None else None
+        original = getattr(self._owner[0], "original", None) if self._owner else None
         states = [m for m in (getattr(self, "state", None), getattr(self, "conv", None)) if m is not None]
         if original is None or not states or torch.compiler.is_compiling():
             return
@@ -321,8 +322,7 @@ def register(module: nn.Module, name: str, parametrization: LipschitzParametriza
         parametrize.register_parametrization(module, name, parametrization)
         plist = getattr(module.parametrizations, name)
         if len(plist) == 1:  # the first parametrization sees the original tensor itself
-            ref = weakref.ref(plist)
-            parametrization._original = lambda: getattr(ref(), "original", None)
+            parametrization._owner = [plist]
     finally:
         if isinstance(conv_state, ConvNormState):
             conv_state.deferred = False
@@ -331,13 +331,24 @@ def register(module: nn.Module, name: str, parametrization: LipschitzParametriza
         original = getattr(module.parametrizations, name).original
         with torch.no_grad():
             state.norm(layout.to_batch(original.float()), update=True)
-    if isinstance(conv_state, ConvNormState):
-        def _observe(mod: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], Tensor):
-                conv_state.observe(args[0])
-
-        module.register_forward_pre_hook(_observe)
+    observed = module.__dict__.setdefault("_liptriton_observed", set())
+    if isinstance(conv_state, ConvNormState) and name not in observed:
+        # A partial of a module-level function (no closure over this state): a deep copy of the
+        # module then observes its own states, not the original's.
+        module.register_forward_pre_hook(functools.partial(_observe_input, name))
+        observed.add(name)
     return module
+
+
+def _observe_input(name: str, module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook: tell every conv operator-norm state of ``module.<name>`` the input size."""
+    plist = getattr(getattr(module, "parametrizations", None), name, None)
+    if plist is None or not args or not isinstance(args[0], Tensor):
+        return  # parametrization removed since, or no tensor input
+    for p in plist:
+        conv = getattr(p, "conv", None)
+        if isinstance(conv, ConvNormState):
+            conv.observe(args[0])
 
 
 def initialize(model: nn.Module, *example_inputs: Tensor) -> nn.Module:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from liptriton.ops.bjorck import bjorck as bjorck_op
 from liptriton.ops.bjorck import bjorck_coefficients
+from liptriton.ops.gram_bound import gram_spectral_bound
 from liptriton.parametrizations._base import (
     ConvNormState,
     LipschitzParametrization,
@@ -25,7 +26,8 @@ class Bjorck(LipschitzParametrization):
     """``k * bjorck(W / sigma(W))``: all singular values of the (reshaped) weight close to ``k``.
 
     1. ``sigma`` by warm-started power iteration on the matrix view (per group for grouped
-       convolutions); 2. ``n_iters`` Björck steps (a fixed count, compile-friendly), which keep
+       convolutions), floored by a guaranteed Gram-iteration bound (halved for order 1) so that
+       the iteration can never diverge, whatever the optimizer did to the weight; 2. ``n_iters`` Björck steps (a fixed count, compile-friendly), which keep
        every singular value <= 1 whatever the count (order 1 maps [0, sqrt(3)] into [0, 1], so
        a slight underestimate of sigma is pulled back below 1); 3. for a convolution, division
        by the norm of the convolution operator (warm-started power iteration on the operator),
@@ -69,6 +71,11 @@ class Bjorck(LipschitzParametrization):
     def compute(self, w: Tensor) -> Tensor:
         wb = self.layout.to_batch(w)
         sigma = self.state.norm(wb, update=self.training)
+        # Guard against an estimate far below sigma_max (one large optimizer step on a nearly
+        # orthogonal weight can make a new direction the top one): with a guaranteed bound B,
+        # order 1 is safe for s <= 2 (|1.5 s - 0.5 s^3| <= 1), higher orders for s <= 1.
+        guard = gram_spectral_bound(wb, 3) / (2.0 if self.order == 1 else 1.0)
+        sigma = torch.maximum(sigma, guard.to(sigma.dtype))
         q = bjorck_op(wb / sigma[:, None, None], self.n_iters, self.order, self.beta)
         q = self.layout.from_batch(q)
         if self.layout.is_conv:
