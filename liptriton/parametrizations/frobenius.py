@@ -90,6 +90,11 @@ def frobenius(module: nn.Module, name: str = "weight", *, k: float = 1.0,
     owner = f"liptriton.frobenius({type(module).__name__})"
     k = check_positive(owner, "k", k)
     layout = WeightLayout(module, name, owner)
+    if layout.spec is not None and layout.spec.padding_mode != "zeros" and any(
+            p != (0, 0) for p in layout.spec.padding):
+        raise ValueError(f"{owner}: padding_mode={layout.spec.padding_mode!r} copies input elements, which the "
+                         "Frobenius bound does not cover; use padding_mode='zeros', or liptriton.spectral / "
+                         "liptriton.bjorck (normalized by the norm of the actual operator)")
     if layout.spec is not None and layout.spec.transposed and layout.spec.groups > 1 and disjoint_neurons:
         raise ValueError(f"{owner}: disjoint_neurons=True is not supported for grouped transposed "
                          "convolutions (groups > 1); use disjoint_neurons=False")
