@@ -68,9 +68,13 @@ from liptriton.nn import (  # noqa: E402
     SpectralLinear,
     vanilla_model,
 )
-from liptriton.nn import _LAYERS  # noqa: E402
 
-__all__ += ["nn", *_LAYERS]
+__all__ += [  # noqa: RUF022  (grouped by kind, as deel-torchlip's API reference)
+            "nn", "LipschitzModule", "Sequential", "LipResidual", "vanilla_model", "SpectralLinear", "FrobeniusLinear",
+            "SpectralConv1d", "SpectralConv2d", "FrobeniusConv2d", "SpectralConvTranspose2d",
+            "PadConv1d", "PadConv2d", "ScaledAvgPool2d", "ScaledL2NormPool2d", "ScaledAdaptiveAvgPool2d",
+            "ScaledAdaptativeL2NormPool2d", "InvertibleDownSampling", "InvertibleUpSampling", "LayerCentering",
+            "LayerCentering2d", "BatchCentering", "BatchCentering2d", "BatchLipNorm", "ScaleBiasLayer"]
 
 from liptriton.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from liptriton.export import bake, load, load_metadata, save  # noqa: E402

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import liptriton
-from liptriton.nn.conv import symmetric_pad
+from liptriton.nn.padconv import symmetric_pad
 
 
 @pytest.fixture(autouse=True, scope="module")

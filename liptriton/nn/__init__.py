@@ -56,9 +56,9 @@ from liptriton.nn.pooling import (  # noqa: E402
     ScaledL2NormPool2d,
 )
 
-_LAYERS = ["LipschitzModule", "Sequential", "LipResidual", "vanilla_model", "SpectralLinear", "FrobeniusLinear",
-           "SpectralConv1d", "SpectralConv2d", "FrobeniusConv2d", "SpectralConvTranspose2d", "PadConv1d",
-           "PadConv2d", "ScaledAvgPool2d", "ScaledL2NormPool2d", "ScaledAdaptiveAvgPool2d",
-           "ScaledAdaptativeL2NormPool2d", "InvertibleDownSampling", "InvertibleUpSampling", "LayerCentering",
-           "LayerCentering2d", "BatchCentering", "BatchCentering2d", "BatchLipNorm", "ScaleBiasLayer"]
-__all__ += _LAYERS
+__all__ += [  # noqa: RUF022  (grouped by kind, as deel-torchlip's API reference)
+            "LipschitzModule", "Sequential", "LipResidual", "vanilla_model", "SpectralLinear", "FrobeniusLinear",
+            "SpectralConv1d", "SpectralConv2d", "FrobeniusConv2d", "SpectralConvTranspose2d", "PadConv1d",
+            "PadConv2d", "ScaledAvgPool2d", "ScaledL2NormPool2d", "ScaledAdaptiveAvgPool2d",
+            "ScaledAdaptativeL2NormPool2d", "InvertibleDownSampling", "InvertibleUpSampling", "LayerCentering",
+            "LayerCentering2d", "BatchCentering", "BatchCentering2d", "BatchLipNorm", "ScaleBiasLayer"]

@@ -203,7 +203,7 @@ class LipResidual(nn.Module):
 
 def _plain_copy(module: nn.Module) -> nn.Module:
     """A plain torch layer of ``module``'s torch class with its current (constrained) tensors."""
-    from liptriton.nn.conv import plain_torch_layer
+    from liptriton.nn.padconv import plain_torch_layer
 
     return plain_torch_layer(module)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from liptriton.nn.containers import LipschitzModule
-from liptriton.nn.conv import _constrain_spectral, _orthogonal_init, plain_torch_layer
+from liptriton.nn.conv import _constrain_spectral, _orthogonal_init
+from liptriton.nn.padconv import plain_torch_layer
 from liptriton.parametrizations import frobenius
 
 __all__ = ["FrobeniusLinear", "SpectralLinear"]
