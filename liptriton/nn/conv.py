@@ -57,10 +57,11 @@ def _constrain_spectral(layer: nn.Module, k: float, eps_spectral: float, eps_bjo
     # (it maps [0, sqrt(3)] into [0, 1]: a power-iteration underestimate of sigma cannot exceed k)
     bjorck(layer, "weight", k=k, n_iters=15 if eps_bjorck is not None else 1)
     # More warm-started power steps on the (reshaped) weight matrix than the default 1: cheap
-    # matrix-vector products, and they keep sigma's estimate above sigma / sqrt(3) after a large
-    # optimizer step (one Adam step at lr 1e-2, the usage example's, took an orthogonal 256x1568
-    # weight's top singular value from 1 to 4.9; with 1 step the estimate lagged, Björck got
-    # singular values > sqrt(3) and diverged to NaN). The convolution-operator state keeps 1.
+    # matrix-vector products that keep sigma's estimate tight after a large optimizer step (one Adam
+    # step at lr 1e-2, the usage example's, took an orthogonal 256x1568 weight's top singular value
+    # from 1 to 4.9; with 1 step Björck then diverged, before the foundation floored its
+    # pre-normalization by a guaranteed bound; a loose floor would leave the weight far from
+    # orthogonal after 15 steps). The convolution-operator state keeps 1 block step.
     for p in layer.parametrizations.weight:
         if hasattr(p, "state"):
             p.state.n_iters = _MATRIX_POWER_ITERS
