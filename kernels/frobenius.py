@@ -155,7 +155,7 @@ def frobenius_forward(x: torch.Tensor, eps: float, variant: str | None = None) -
     Returns:
         ``y`` (R, K), same dtype as ``x``.
 
-    Example:
+    Examples:
         >>> y = frobenius_forward(torch.randn(512, 4608, device="cuda"), 1e-12)  # doctest: +SKIP
         >>> y.norm(dim=1)  # all ones  # doctest: +SKIP
     """
@@ -191,7 +191,7 @@ def frobenius_backward(grad: torch.Tensor, x: torch.Tensor, eps: float,
     Returns:
         ``grad_x`` (R, K), dtype of ``x``.
 
-    Example:
+    Examples:
         >>> x = torch.randn(8, 100, device="cuda")  # doctest: +SKIP
         >>> dx = frobenius_backward(torch.ones_like(x), x, 1e-12)  # doctest: +SKIP
     """

@@ -162,7 +162,7 @@ def sort_supported(x: torch.Tensor, group_size: int) -> bool:
     Returns:
         True for float16/bfloat16/float32 groups up to MAX_SORT_GROUP, any float dtype for groups <= 2.
 
-    Example:
+    Examples:
         >>> sort_supported(torch.zeros(2, 8, dtype=torch.float64), 4)
         False
     """
@@ -231,7 +231,7 @@ def group_sort_forward(x: torch.Tensor, group_size: int, dim: int, scale: float 
     Returns:
         A contiguous tensor shaped like ``x``.
 
-    Example:
+    Examples:
         >>> y = group_sort_forward(torch.randn(64, 256, 32, 32, device="cuda"), 4, 1)  # doctest: +SKIP
     """
     _check(x, group_size, dim, "group_sort_forward")
@@ -253,7 +253,7 @@ def group_sort_backward(dy: torch.Tensor, x: torch.Tensor, group_size: int, dim:
     Returns:
         A contiguous tensor shaped like ``x``: ``dx``.
 
-    Example:
+    Examples:
         >>> x = torch.randn(64, 256, device="cuda")  # doctest: +SKIP
         >>> dx = group_sort_backward(torch.ones_like(x), x, 2, 1)  # all ones  # doctest: +SKIP
     """

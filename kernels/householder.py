@@ -135,7 +135,7 @@ def householder_forward(v: torch.Tensor, rows: int, cols: int, eps: float,
     Returns:
         (rows, cols) tensor in the dtype of ``v``.
 
-    Example:
+    Examples:
         >>> q = householder_forward(torch.randn(512, 512, device="cuda"), 256, 512, 1e-12)  # doctest: +SKIP
     """
     block_d, block_c, warps = _plan(v, rows, cols, 8192, "householder_forward", block_c)
@@ -162,7 +162,7 @@ def householder_backward(grad: torch.Tensor, v: torch.Tensor, rows: int, cols: i
     Returns:
         (r, d) gradient in the dtype of ``v``.
 
-    Example:
+    Examples:
         >>> v = torch.randn(16, 16, device="cuda")  # doctest: +SKIP
         >>> dv = householder_backward(torch.ones(16, 8, device="cuda"), v, 16, 8, 1e-12)  # doctest: +SKIP
     """

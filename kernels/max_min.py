@@ -96,7 +96,7 @@ def max_min_forward(x: torch.Tensor, dim: int, scale: float = 1.0, launch=_direc
     Returns:
         A contiguous tensor with ``2 * x.shape[dim]`` entries along ``dim``.
 
-    Example:
+    Examples:
         >>> y = max_min_forward(torch.randn(64, 128, 16, 16, device="cuda"), 1)  # doctest: +SKIP
         >>> y.shape  # torch.Size([64, 256, 16, 16])  # doctest: +SKIP
     """
@@ -130,7 +130,7 @@ def max_min_backward(dy: torch.Tensor, x: torch.Tensor, dim: int, scale: float =
     Returns:
         A contiguous tensor shaped like ``x``.
 
-    Example:
+    Examples:
         >>> x = torch.randn(64, 128, device="cuda")  # doctest: +SKIP
         >>> dx = max_min_backward(torch.ones(64, 256, device="cuda"), x, 1)  # sign(x)  # doctest: +SKIP
     """

@@ -179,7 +179,7 @@ def power_iteration_forward(w: torch.Tensor, u: torch.Tensor, n_iters: int, eps:
     Returns:
         ``(u, v)``: float32 unit vectors of shapes (B, m) and (B, n).
 
-    Example:
+    Examples:
         >>> w = torch.randn(2, 64, 32, device="cuda")  # doctest: +SKIP
         >>> u, v = power_iteration_forward(w, torch.randn(2, 64, device="cuda"), 10, 1e-12)  # doctest: +SKIP
     """

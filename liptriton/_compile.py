@@ -40,7 +40,7 @@ def compiled_functional(fn: F) -> F:
     Returns:
         A function with the same signature and docstring.
 
-    Example:
+    Examples:
         >>> @compiled_functional
         ... def double(x):
         ...     return 2 * x

@@ -96,7 +96,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, optimizer: torch.
         rng: store the random number generator states (CPU, and CUDA where initialized), so that
             dropout and data shuffling also resume exactly.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(liptriton.bjorck(torch.nn.Linear(4, 2)))
         >>> opt = torch.optim.Adam(net.parameters())
@@ -152,7 +152,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
         ValueError: not a safetensors file, truncated or corrupted, an export instead of a
             checkpoint, another architecture or constraint, or a missing optimizer state.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(liptriton.bjorck(torch.nn.Linear(4, 2)))
         >>> opt = torch.optim.Adam(net.parameters())

@@ -12,7 +12,7 @@ environment variable that gives its initial value:
 * :func:`compile_functionals` (``LIPTRITON_COMPILE=0|1|auto``): whether the public
   activation and loss functions compile themselves on first use ("auto": on CUDA only).
 
-Example:
+Examples:
     >>> import liptriton
     >>> with liptriton.config.force_torch():
     ...     pass  # every op runs its torch reference here
@@ -64,7 +64,7 @@ def force_torch(enabled: bool = True) -> contextlib.AbstractContextManager:
         A context manager that restores the previous setting on exit; the setting also
         takes effect at once when the result is discarded.
 
-    Example:
+    Examples:
         >>> import liptriton
         >>> _ = liptriton.config.force_torch(True)
         >>> liptriton.config.is_force_torch()
@@ -88,7 +88,7 @@ def interpret(enabled: bool = True) -> contextlib.AbstractContextManager:
         RuntimeError: if enabled while ``TRITON_INTERPRET=1`` was not set in the
             environment before the kernels were defined.
 
-    Example:
+    Examples:
         >>> import liptriton
         >>> liptriton.config.is_interpret()
         False
@@ -110,7 +110,7 @@ def compile_functionals(mode: bool | str = "auto") -> contextlib.AbstractContext
     Returns:
         A context manager that restores the previous setting on exit.
 
-    Example:
+    Examples:
         >>> import liptriton
         >>> with liptriton.config.compile_functionals(False):
         ...     liptriton.config.compile_mode()

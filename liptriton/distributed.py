@@ -22,7 +22,7 @@ __all__ = ["is_distributed", "world_size", "rank", "gather", "all_reduce_sum"]
 def is_distributed() -> bool:
     """Return True when torch.distributed is initialized with more than one process.
 
-    Example:
+    Examples:
         >>> from liptriton import distributed
         >>> distributed.is_distributed()
         False
@@ -33,7 +33,7 @@ def is_distributed() -> bool:
 def world_size() -> int:
     """Return the number of processes (1 when torch.distributed is not initialized).
 
-    Example:
+    Examples:
         >>> from liptriton import distributed
         >>> distributed.world_size()
         1
@@ -44,7 +44,7 @@ def world_size() -> int:
 def rank() -> int:
     """Return this process's rank (0 when torch.distributed is not initialized).
 
-    Example:
+    Examples:
         >>> from liptriton import distributed
         >>> distributed.rank()
         0
@@ -96,7 +96,7 @@ def gather(x: Tensor) -> Tensor:
     Returns:
         Tensor of shape (sum of n_rank over ranks, ...); ``x`` itself outside a distributed run.
 
-    Example:
+    Examples:
         >>> from liptriton import distributed
         >>> distributed.gather(torch.ones(2, 3)).shape  # no process group: identity
         torch.Size([2, 3])
@@ -121,7 +121,7 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     Returns:
         A new tensor holding the sum over ranks.
 
-    Example:
+    Examples:
         >>> from liptriton import distributed
         >>> distributed.all_reduce_sum(torch.ones(2))
         tensor([1., 1.])

@@ -251,7 +251,7 @@ def bake(model: nn.Module, *, example_input: Tensor | tuple | None = None,
     Returns:
         A plain model, in the mode ``model`` was in, whose state_dict uses the plain key names.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(liptriton.bjorck(torch.nn.Linear(4, 4)))
         >>> sorted(liptriton.bake(net).state_dict())
@@ -301,7 +301,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
             size and the certificate is computed on it.
         metadata: your own JSON-serializable dict, stored under ``user``.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(liptriton.spectral(torch.nn.Linear(4, 2)))
         >>> liptriton.save(net, "/tmp/net.safetensors")
@@ -334,7 +334,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         ValueError: not a safetensors file, truncated or corrupted, a checkpoint instead of an
             export, or a wrong architecture.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> liptriton.save(torch.nn.Sequential(liptriton.spectral(torch.nn.Linear(4, 2))), "/tmp/net.safetensors")
         >>> model = liptriton.load("/tmp/net.safetensors", torch.nn.Sequential(torch.nn.Linear(4, 2)))
@@ -353,7 +353,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
 def load_metadata(path: str | os.PathLike) -> dict:
     """Return the decoded metadata of a liptriton file (export or checkpoint), without reading tensors.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> liptriton.save(torch.nn.Sequential(liptriton.spectral(torch.nn.Linear(4, 2))), "/tmp/net.safetensors")
         >>> liptriton.load_metadata("/tmp/net.safetensors")["format"]

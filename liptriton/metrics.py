@@ -72,7 +72,7 @@ def certified_radius(logits: Tensor, labels: Tensor | None = None, lipschitz_con
     Returns:
         Radii (N,), float; negative for misclassified samples when labels are given.
 
-    Example:
+    Examples:
         >>> certified_radius(torch.tensor([[3.0, 1.0, 0.0]]), torch.tensor([0]))
         tensor([1.4142])
     """
@@ -114,7 +114,7 @@ def certified_robust_accuracy(logits: Tensor, labels: Tensor, eps: float | Seque
     Returns:
         A 0-dim tensor for one eps, a 1-D tensor (one accuracy per eps) for several.
 
-    Example:
+    Examples:
         >>> logits = torch.tensor([[3.0, 1.0], [0.0, 0.5], [1.0, 2.0]])
         >>> certified_robust_accuracy(logits, torch.tensor([0, 1, 0]), [0.0, 0.5])
         tensor([0.6667, 0.3333])
@@ -143,7 +143,7 @@ def average_certified_radius(logits: Tensor, labels: Tensor, lipschitz_constant:
     Returns:
         A 0-dim tensor.
 
-    Example:
+    Examples:
         >>> average_certified_radius(torch.tensor([2.0, -1.0]), torch.tensor([1, 1]))
         tensor(1.)
     """

@@ -29,7 +29,7 @@ def apply_reduction(loss: Tensor, reduction: str) -> Tensor:
     Returns:
         ``loss`` itself, its mean or its sum.
 
-    Example:
+    Examples:
         >>> apply_reduction(torch.tensor([1.0, 3.0]), "auto")
         tensor(2.)
     """

@@ -50,7 +50,7 @@ def check_k_coef_lip(k_coef_lip: float, who: str) -> float:
     Returns:
         ``float(k_coef_lip)``.
 
-    Example:
+    Examples:
         >>> check_k_coef_lip(2, "GroupSort")
         2.0
     """
@@ -86,7 +86,7 @@ def max_min(input: Tensor, dim: int | None = None, k_coef_lip: float = 1.0) -> T
     Returns:
         Tensor with ``2 * input.shape[dim]`` entries along ``dim``.
 
-    Example:
+    Examples:
         >>> max_min(torch.tensor([[1.0, -2.0]]))
         tensor([[1., 0., 0., 2.]])
     """
@@ -109,7 +109,7 @@ def group_sort(input: Tensor, group_size: int | None = None, dim: int = 1, k_coe
     Returns:
         Tensor shaped like ``input``.
 
-    Example:
+    Examples:
         >>> group_sort(torch.tensor([[0.2, -2.0, 0.6, 0.5]]), 2)
         tensor([[-2.0000,  0.2000,  0.5000,  0.6000]])
     """
@@ -127,7 +127,7 @@ def group_sort_2(input: Tensor, dim: int = 1, k_coef_lip: float = 1.0) -> Tensor
     Returns:
         Tensor shaped like ``input``.
 
-    Example:
+    Examples:
         >>> group_sort_2(torch.tensor([[3.0, 1.0]]))
         tensor([[1., 3.]])
     """
@@ -145,7 +145,7 @@ def full_sort(input: Tensor, dim: int = 1, k_coef_lip: float = 1.0) -> Tensor:
     Returns:
         Tensor shaped like ``input``.
 
-    Example:
+    Examples:
         >>> full_sort(torch.tensor([[3.0, 1.0, 2.0]]))
         tensor([[1., 2., 3.]])
     """
@@ -172,7 +172,7 @@ def lipschitz_prelu(input: Tensor, weight: Tensor, k_coef_lip: float = 1.0) -> T
     Returns:
         Tensor shaped like ``input``.
 
-    Example:
+    Examples:
         >>> lipschitz_prelu(torch.tensor([2.0, -2.0]), torch.tensor([3.0]), 0.5)
         tensor([ 1., -1.])
     """
@@ -200,7 +200,7 @@ def householder_activation(input: Tensor, theta: Tensor, dim: int = 1, k_coef_li
     Returns:
         Tensor shaped like ``input``.
 
-    Example:
+    Examples:
         >>> z = torch.tensor([[1.0, 0.0]])
         >>> householder_activation(z, torch.tensor([torch.pi / 2]))
         tensor([[-4.3711e-08,  1.0000e+00]])

@@ -32,7 +32,7 @@ def bjorck_coefficients(order: int = 1, beta: float = 0.5) -> tuple[float, ...]:
     Returns:
         The coefficients, lowest power first.
 
-    Example:
+    Examples:
         >>> bjorck_coefficients(1)
         (1.5, -0.5)
     """
@@ -70,7 +70,7 @@ def bjorck_reference(w: Tensor, n_iters: int = 15, order: int = 1, beta: float =
     Returns:
         The orthonormalized weight, same shape and dtype as ``w``.
 
-    Example:
+    Examples:
         >>> w = torch.randn(8, 5, dtype=torch.float64)
         >>> q = bjorck_reference(w / torch.linalg.matrix_norm(w, 2), 30)
         >>> torch.allclose(q.mT @ q, torch.eye(5, dtype=torch.float64), atol=1e-6)
@@ -111,7 +111,7 @@ def bjorck_vjp_reference(w: Tensor, grad: Tensor, n_iters: int = 15, order: int 
     Returns:
         The gradient w.r.t. ``w``, same shape and dtype as ``w``.
 
-    Example:
+    Examples:
         >>> w = torch.randn(3, 5, dtype=torch.float64) / 4
         >>> g = torch.randn(3, 5, dtype=torch.float64)
         >>> wr = w.clone().requires_grad_()
@@ -170,7 +170,7 @@ def bjorck(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5) -> T
     Returns:
         Tensor of the same shape and dtype, with singular values close to 1.
 
-    Example:
+    Examples:
         >>> import liptriton.ops as ops
         >>> w = torch.randn(16, 32)
         >>> q = ops.bjorck(w / torch.linalg.matrix_norm(w, 2), n_iters=25)

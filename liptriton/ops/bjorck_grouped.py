@@ -47,7 +47,7 @@ def bjorck_grouped_reference(ws: list[Tensor], n_iters: int = 15, order: int = 1
     Returns:
         The list of orthonormalized tensors (same shapes and dtypes).
 
-    Example:
+    Examples:
         >>> qs = bjorck_grouped_reference([torch.eye(2) * 0.5, torch.ones(1, 3) / 2], 20)
         >>> [tuple(q.shape) for q in qs]
         [(2, 2), (1, 3)]
@@ -79,7 +79,7 @@ def bjorck_grouped(ws: list[Tensor], n_iters: int = 15, order: int = 1, beta: fl
     Returns:
         The list of orthonormalized tensors, same shapes and dtypes as ``ws``.
 
-    Example:
+    Examples:
         >>> import liptriton.ops as ops
         >>> ws = [torch.randn(16, 27), torch.randn(32, 144), torch.randn(10, 512)]
         >>> qs = ops.bjorck_grouped([w / torch.linalg.matrix_norm(w, 2) for w in ws], n_iters=25)

@@ -37,13 +37,15 @@ class ConvSpec:
     Args:
         ndim: number of spatial dimensions (1, 2 or 3).
         transposed: True for ConvTranspose layers.
-        stride, dilation, output_padding: per spatial dimension.
+        stride: per spatial dimension.
         padding: per spatial dimension as (before, after) pairs, already resolved ("same"
             becomes explicit, possibly asymmetric, numbers).
+        dilation: per spatial dimension.
         groups: number of groups.
+        output_padding: per spatial dimension (transposed convolutions).
         padding_mode: "zeros", "reflect", "replicate", "circular" or "symmetric".
 
-    Example:
+    Examples:
         >>> spec = ConvSpec.from_module(torch.nn.Conv2d(3, 8, 3, padding="same"))
         >>> spec.padding
         ((1, 1), (1, 1))
@@ -169,7 +171,7 @@ def conv_apply(spec: ConvSpec, weight: Tensor, x: Tensor) -> Tensor:
     Returns:
         The output of shape (N, C_out, *spatial_out).
 
-    Example:
+    Examples:
         >>> conv = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False)
         >>> x = torch.randn(1, 2, 5, 5)
         >>> torch.allclose(conv_apply(ConvSpec.from_module(conv), conv.weight, x), conv(x), atol=1e-6)
@@ -226,7 +228,7 @@ def conv_power_iteration(spec: ConvSpec, weight: Tensor, x: Tensor, n_iters: int
     Returns:
         The new unit-norm estimate, same shape as ``x``.
 
-    Example:
+    Examples:
         >>> conv = torch.nn.Conv1d(1, 1, 1, bias=False)
         >>> x = conv_power_iteration(ConvSpec.from_module(conv), conv.weight, torch.randn(1, 1, 4), 3)
         >>> round(float(x.norm()), 5)
@@ -276,7 +278,7 @@ def conv_subspace_iteration(spec: ConvSpec, weight: Tensor, x: Tensor, n_iters: 
         An orthonormal basis of the same shape, sorted so that ``x[0]`` is the top Ritz vector
         (the best estimate of the top right singular vector within the subspace).
 
-    Example:
+    Examples:
         >>> conv = torch.nn.Conv1d(2, 3, 3, padding=1, bias=False)
         >>> spec = ConvSpec.from_module(conv)
         >>> basis = conv_subspace_iteration(spec, conv.weight, torch.randn(4, 2, 8), 5)

@@ -30,7 +30,7 @@ def frobenius_normalize_reference(w: Tensor, disjoint_neurons: bool = False, eps
     Returns:
         The normalized weight, same shape and dtype.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
         >>> frobenius_normalize_reference(w, disjoint_neurons=True)
         tensor([[0.6000, 0.8000],
@@ -61,7 +61,7 @@ def frobenius_normalize(w: Tensor, disjoint_neurons: bool = False, eps: float = 
     Returns:
         The normalized weight, same shape and dtype as ``w``.
 
-    Example:
+    Examples:
         >>> import liptriton.ops as ops
         >>> w = ops.frobenius_normalize(torch.randn(4, 3, 3, 3))
         >>> round(float(w.norm()), 4)

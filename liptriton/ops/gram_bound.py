@@ -25,7 +25,7 @@ def gram_spectral_bound(w: Tensor, n_iters: int = 3) -> Tensor:
     Returns:
         Tensor of shape (...), float32 (float64 for float64 input), >= sigma_max(w).
 
-    Example:
+    Examples:
         >>> w = torch.randn(64, 32, dtype=torch.float64)
         >>> bound = gram_spectral_bound(w, 6)
         >>> s = torch.linalg.matrix_norm(w, 2)

@@ -42,7 +42,7 @@ def normalize_dim(x: Tensor, dim: int, who: str) -> int:
     Returns:
         The non-negative dimension index.
 
-    Example:
+    Examples:
         >>> normalize_dim(torch.zeros(2, 3, 4), -1, "GroupSort")
         2
     """
@@ -67,7 +67,7 @@ def check_group_sort_args(x: Tensor, group_size: int | None, dim: int, who: str)
     Returns:
         ``(group_size, dim)`` resolved: an int dividing the channel count, a dim >= 0.
 
-    Example:
+    Examples:
         >>> check_group_sort_args(torch.zeros(2, 6), None, 1, "FullSort")
         (6, 1)
     """
@@ -113,7 +113,7 @@ def group_sort_reference(x: Tensor, group_size: int | None = None, dim: int = 1,
     Returns:
         Tensor shaped like ``x``.
 
-    Example:
+    Examples:
         >>> group_sort_reference(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), 2)
         tensor([[1., 3., 0., 2.]])
     """
@@ -144,7 +144,7 @@ def group_sort_backward_reference(grad: Tensor, x: Tensor, group_size: int, dim:
     Returns:
         ``grad`` scattered back by the sort permutation, times ``scale``.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([[3.0, 1.0]])
         >>> group_sort_backward_reference(torch.tensor([[10.0, 20.0]]), x, 2, 1)
         tensor([[20., 10.]])
@@ -228,7 +228,7 @@ def transforms_active() -> bool:
     Returns:
         Whether a functorch transform is active.
 
-    Example:
+    Examples:
         >>> transforms_active()
         False
     """
@@ -251,7 +251,7 @@ def group_sort_supported(x: Tensor, group_size: int) -> bool:
     Returns:
         True for float16/bfloat16/float32 with groups up to 8192, and float64 with groups of 2.
 
-    Example:
+    Examples:
         >>> group_sort_supported(torch.zeros(2, 4, dtype=torch.float64), 4)
         False
     """
@@ -279,7 +279,7 @@ def group_sort(x: Tensor, group_size: int | None = None, dim: int = 1, scale: fl
         TypeError: non-floating input, a non-int group_size or dim.
         ValueError: a dim out of range, a group size that does not divide the dim.
 
-    Example:
+    Examples:
         >>> import liptriton.ops as ops
         >>> ops.group_sort(torch.tensor([[0.5, -1.0, 2.0, 1.0]]), 2)
         tensor([[-1.0000,  0.5000,  1.0000,  2.0000]])
@@ -301,7 +301,7 @@ def full_sort(x: Tensor, dim: int = 1, scale: float = 1.0) -> Tensor:
     Returns:
         Tensor shaped like ``x``.
 
-    Example:
+    Examples:
         >>> import liptriton.ops as ops
         >>> ops.full_sort(torch.tensor([[3.0, 1.0, 2.0]]))
         tensor([[1., 2., 3.]])

@@ -41,7 +41,7 @@ def householder_product_reference(v: Tensor, rows: int, cols: int, eps: float = 
     Returns:
         A (rows, cols) matrix with orthonormal rows (rows <= cols) or columns.
 
-    Example:
+    Examples:
         >>> q = householder_product_reference(torch.randn(3, 3, dtype=torch.float64), 3, 3)
         >>> torch.allclose(q @ q.T, torch.eye(3, dtype=torch.float64))
         True
@@ -72,7 +72,7 @@ def householder_product(v: Tensor, rows: int, cols: int, eps: float = _EPS) -> T
     Returns:
         Tensor (rows, cols): orthonormal rows if rows <= cols, orthonormal columns otherwise.
 
-    Example:
+    Examples:
         >>> import liptriton.ops as ops
         >>> q = ops.householder_product(torch.randn(4, 6), 4, 6)
         >>> torch.allclose(q @ q.T, torch.eye(4), atol=1e-5)

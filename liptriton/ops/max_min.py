@@ -34,7 +34,7 @@ def check_max_min_args(x: Tensor, dim: int | None, who: str) -> int:
     Returns:
         The resolved dimension, >= 0.
 
-    Example:
+    Examples:
         >>> check_max_min_args(torch.zeros(4), None, "MaxMin")
         0
     """
@@ -60,7 +60,7 @@ def max_min_reference(x: Tensor, dim: int | None = None, scale: float = 1.0) -> 
     Returns:
         Tensor with twice as many entries along ``dim``.
 
-    Example:
+    Examples:
         >>> max_min_reference(torch.tensor([1.0, -2.0]))
         tensor([1., 0., 0., 2.])
     """
@@ -80,7 +80,7 @@ def max_min_backward_reference(grad: Tensor, x: Tensor, dim: int, scale: float =
     Returns:
         Tensor shaped like ``x``.
 
-    Example:
+    Examples:
         >>> max_min_backward_reference(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, -2.0]), 0)
         tensor([ 1., -4.])
     """
@@ -146,7 +146,7 @@ def max_min(x: Tensor, dim: int | None = None, scale: float = 1.0) -> Tensor:
         TypeError: non-floating input or non-int dim.
         ValueError: dim out of range.
 
-    Example:
+    Examples:
         >>> import liptriton.ops as ops
         >>> ops.max_min(torch.tensor([[1.0, -2.0]]))
         tensor([[1., 0., 0., 2.]])

@@ -62,7 +62,7 @@ def multiclass_hkr_reference(input: Tensor, target: Tensor, kr_pos: Tensor, kr_n
     Returns:
         The per-sample loss (N,), in the dtype of ``input``.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([[2.0, -1.0]]); t = torch.tensor([[1.0, 0.0]])
         >>> multiclass_hkr_reference(x, t, torch.ones(2), -torch.ones(2), alpha=0.0)
         tensor([-1.5000])
@@ -148,7 +148,7 @@ def multiclass_hkr(input: Tensor, target: Tensor, kr_pos: Tensor, kr_neg: Tensor
     Returns:
         The per-sample loss (N,), in the dtype of ``input``.
 
-    Example:
+    Examples:
         >>> import liptriton.ops as ops
         >>> x = torch.tensor([[0.2, -1.0]], requires_grad=True); t = torch.tensor([[1.0, 0.0]])
         >>> ops.multiclass_hkr(x, t, torch.ones(2), -torch.ones(2), alpha=1.0).sum().backward()

@@ -47,7 +47,7 @@ def power_iteration_reference(w: Tensor, u: Tensor, v: Tensor, n_iters: int = 1,
     Returns:
         The new ``(u, v)``, unit vectors, detached from ``w``.
 
-    Example:
+    Examples:
         >>> w = torch.diag(torch.tensor([3.0, 1.0]))
         >>> u, v = power_iteration_reference(w, torch.ones(2), torch.ones(2), 20)
         >>> float(spectral_sigma(w, u, v))
@@ -80,7 +80,7 @@ def power_iteration(w: Tensor, u: Tensor, v: Tensor, n_iters: int = 1,
     Returns:
         ``(u, v)``: the new unit estimates (new tensors; copy them into buffers in place).
 
-    Example:
+    Examples:
         >>> import liptriton.ops as ops
         >>> w = torch.randn(6, 4)
         >>> u, v = ops.power_iteration(w, torch.randn(6), torch.randn(4), n_iters=50)
@@ -106,7 +106,7 @@ def spectral_sigma(w: Tensor, u: Tensor, v: Tensor) -> Tensor:
     Returns:
         Tensor of shape (...): the estimate of the largest singular value.
 
-    Example:
+    Examples:
         >>> spectral_sigma(torch.eye(2), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0]))
         tensor(1.)
     """

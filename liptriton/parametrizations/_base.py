@@ -49,7 +49,7 @@ class WeightLayout:
         name: the name of the weight tensor.
         owner: name used in error messages (e.g. "liptriton.bjorck").
 
-    Example:
+    Examples:
         >>> lay = WeightLayout(torch.nn.Conv2d(4, 6, 3, groups=2), "weight", "demo")
         >>> lay.batch_shape
         (2, 3, 18)
@@ -366,7 +366,7 @@ def initialize(model: nn.Module, *example_inputs: Tensor) -> nn.Module:
     Returns:
         ``model``, in the mode it had.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(liptriton.spectral(torch.nn.Conv2d(1, 4, 3)))
         >>> net = liptriton.parametrizations.initialize(net, torch.randn(1, 1, 8, 8))

@@ -42,7 +42,8 @@ class Bjorck(LipschitzParametrization):
         power_iters: power steps per training forward (None: 1; a convolution operator takes
             one block step of its 8-vector basis).
         power_iters_init: power steps on fresh state.
-        in_channels, input_size: convolution operator input (channels, initial spatial size).
+        in_channels: input channels of the convolution operator (convolutions only).
+        input_size: initial spatial input size (convolutions only).
         device: device of the state buffers.
     """
 
@@ -112,7 +113,7 @@ def bjorck(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_iters: 
         ValueError: bad ``k``/iteration counts/order, a missing tensor, or an unsupported layer.
         TypeError: a non-floating tensor.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> lin = liptriton.bjorck(torch.nn.Linear(32, 16))
         >>> s = torch.linalg.svdvals(lin.weight.detach())

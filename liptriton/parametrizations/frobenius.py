@@ -81,7 +81,7 @@ def frobenius(module: nn.Module, name: str = "weight", *, k: float = 1.0,
         ValueError: bad ``k``, a missing tensor, or an unsupported layer.
         TypeError: a non-floating tensor.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> lin = liptriton.frobenius(torch.nn.Linear(16, 1))
         >>> round(float(lin.weight.norm()), 4)

@@ -41,8 +41,11 @@ class Householder(LipschitzParametrization):
         layout: the weight's :class:`WeightLayout`.
         k: the Lipschitz constant.
         n_reflections: number of reflections r (default ``min(m, n)``).
-        power_iters, power_iters_init, in_channels, input_size, device: the convolution
-            operator-norm state (convolutions only).
+        power_iters: block power steps per training forward (convolutions only).
+        power_iters_init: block power steps on a fresh state (convolutions only).
+        in_channels: input channels of the convolution operator (convolutions only).
+        input_size: initial spatial input size (convolutions only).
+        device: device of the state buffers.
     """
 
     def __init__(self, layout: WeightLayout, k: float = 1.0, n_reflections: int | None = None,
@@ -104,7 +107,7 @@ def householder(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_re
         ValueError: bad ``k``/counts, a missing tensor, or an unsupported layer.
         TypeError: a non-floating tensor.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> lin = liptriton.householder(torch.nn.Linear(8, 8))
         >>> w = lin.weight.detach()

@@ -81,7 +81,7 @@ def spectral(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_iters
         ValueError: bad ``k``/iteration counts, a missing tensor, or an unsupported layer.
         TypeError: a non-floating tensor.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> conv = liptriton.spectral(torch.nn.Conv2d(3, 8, 3, padding=1), k=2.0)
         >>> y = conv(torch.randn(1, 3, 16, 16))
