@@ -1,6 +1,6 @@
 """liptriton: make any PyTorch model k-Lipschitz, train it fast, prove the bound, ship it.
 
-Example:
+Examples:
     >>> import torch, liptriton
     >>> layer = liptriton.bjorck(torch.nn.Linear(16, 8))
     >>> bool(torch.linalg.matrix_norm(layer.weight.detach(), 2) <= 1.001)
@@ -80,3 +80,8 @@ from liptriton.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from liptriton.export import bake, load, load_metadata, save  # noqa: E402
 
 __all__ += ["bake", "save", "load", "load_metadata", "save_checkpoint", "load_checkpoint"]
+
+from liptriton.certify import Certificate, certify  # noqa: E402
+from liptriton.convert import ConversionReport, lipschitzify  # noqa: E402
+
+__all__ += ["lipschitzify", "ConversionReport", "certify", "Certificate"]

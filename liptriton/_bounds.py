@@ -1,0 +1,321 @@
+"""Per-node Lipschitz bounds and their propagation through a torch.fx graph.
+
+Every node gets ``bound`` = an upper bound of the l2 Lipschitz constant of its value as a
+function of the model's input: a layer multiplies its input's bound by its own constant, sums
+add, concatenations combine in quadrature, a convex combination (:class:`ConvexSum`) takes
+its weighted sum, and an op without a finite constant gives ``inf`` with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from liptriton._rules import (
+    ConvexSum,
+    Scaled,
+    ScaledAdaptivePool,
+    activation_constant,
+    adaptive_windows_bound,
+    avg_pool_nominal,
+    window_overlap,
+)
+from liptriton.ops.conv_bound import conv_norm_bound
+from liptriton.ops.conv_operator import ConvSpec
+
+__all__ = ["TRACE_ERRORS", "LeafTracer", "NodeBound", "module_constant", "propagate"]
+
+_INF = math.inf
+# what tracing user code can raise (data-dependent control flow, unsupported calls, ...)
+TRACE_ERRORS = (fx.proxy.TraceError, TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError,
+                AssertionError, IndexError, KeyError)
+_LIP_ACTS = ("GroupSort", "GroupSort2", "FullSort", "MaxMin", "LPReLU", "HouseHolder")
+_LIP_LEAVES = ("LipResidual", "BatchLipNorm", "BatchCentering", "BatchCentering2d", "LayerCentering",
+               "LayerCentering2d", "ScaleBiasLayer")
+_NO_BOUND = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+             nn.LocalResponseNorm)
+_ADAPTIVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+
+
+@dataclass
+class NodeBound:
+    """One row of the per-node table.
+
+    Attributes:
+        name: the fx node name.
+        op: what the node computes (module type or function name).
+        local: the node's own constant (how much it multiplies its input's bound).
+        bound: the bound of the node's value as a function of the model input.
+        note: how ``local`` was obtained, or why it is infinite.
+    """
+
+    name: str
+    op: str
+    local: float
+    bound: float
+    note: str = ""
+
+
+class LeafTracer(fx.Tracer):
+    """fx tracer whose leaves are the modules with a Lipschitz rule (and every torch.nn module)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, (ConvexSum, Scaled, ScaledAdaptivePool)) or type(m).__name__ in _LIP_ACTS + _LIP_LEAVES:
+            return True
+        if callable(getattr(m, "lipschitz_bound", None)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _parametrized_bound(module: nn.Module) -> float | None:
+    plist = getattr(getattr(module, "parametrizations", None), "weight", None)
+    if plist is None:
+        return None
+    bounds = [p.lipschitz_bound() for p in plist if callable(getattr(p, "lipschitz_bound", None))]
+    return math.prod(bounds) if bounds else None
+
+
+def _schur(fn: Callable, shape: tuple[int, ...]) -> float:
+    """Schur bound sqrt(max row sum * max col sum) of a non-negative linear map, by autograd."""
+    x = torch.ones(1, *shape[1:], dtype=torch.float64, requires_grad=True)
+    y = fn(x)
+    (cols,) = torch.autograd.grad(y.sum(), x)
+    return math.sqrt(float(y.detach().max()) * float(cols.max()))
+
+
+def module_constant(module: nn.Module, in_shape: tuple[int, ...] | None, nominal: bool) -> tuple[float, str]:
+    """Lipschitz constant of a leaf module at input shape ``in_shape`` (None: unknown).
+
+    Args:
+        module: the module (in eval mode).
+        in_shape: the input's shape (batch first) or None.
+        nominal: trust parametrizations' own ``lipschitz_bound()`` (lipschitzify's planning)
+            instead of measuring the weight (certify).
+
+    Returns:
+        (constant, note).
+    """
+    name = type(module).__name__
+    if nominal and (pb := _parametrized_bound(module)) is not None:
+        return pb, "parametrization bound"
+    if isinstance(module, nn.Linear):
+        w = module.weight.detach().double()
+        return float(torch.linalg.matrix_norm(w, 2)) * (1 + 1e-12), "float64 SVD"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if in_shape is None:
+            return _INF, "input size unknown"
+        spec = ConvSpec.from_module(module)
+        res = conv_norm_bound(spec, module.weight, tuple(in_shape[2:]))
+        return res.bound, f"{res.method} operator bound at {tuple(in_shape[2:])}"
+    if isinstance(module, Scaled):
+        c, note = module_constant(module.module, in_shape, nominal)
+        return module.scale * c, f"{module.scale:.4g} x ({note})"
+    if isinstance(module, ScaledAdaptivePool):
+        return 1.0, "pooling divided by its Schur / overlap bound"
+    if name in _LIP_ACTS:
+        return float(module.k_coef_lip), "k_coef_lip"
+    if (c := activation_constant(module)) is not None:
+        return c, "max |f'|"
+    if isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)):
+        return 1.0, "identity in eval"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if module.training or module.running_var is None:
+            return _INF, "batch statistics (not an eval-mode affine map)"
+        scale = 1.0 / torch.sqrt(module.running_var.double() + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight.detach().double().abs()
+        return float(scale.max()), "max |gamma| / sqrt(var + eps)"
+    if isinstance(module, _NO_BOUND):
+        return _INF, f"{name} divides by a data-dependent norm: no finite global bound"
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+        nd = int(name[-2])
+        return math.sqrt(window_overlap(module.kernel_size, module.stride, module.dilation, nd)), "overlap"
+    if isinstance(module, (nn.LPPool1d, nn.LPPool2d, nn.LPPool3d)) and float(module.norm_type) == 2.0:
+        nd = int(name[-2])
+        c = math.sqrt(window_overlap(module.kernel_size, module.stride, 1, nd)) * getattr(module, "k_coef_lip", 1.0)
+        return c, "overlap (l2 pooling)"
+    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
+        if in_shape is None:
+            return avg_pool_nominal(module, int(name[-2])), "Schur (size-free)"
+        return _schur(module, in_shape), f"Schur at {tuple(in_shape[2:])}"
+    if isinstance(module, _ADAPTIVE):
+        if in_shape is None:
+            return _INF, "input size unknown"
+        if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+            return _schur(module, in_shape), f"Schur at {tuple(in_shape[2:])}"
+        nd = int(name[-2])
+        outs = module.output_size if isinstance(module.output_size, tuple) else (module.output_size,) * nd
+        return adaptive_windows_bound(tuple(in_shape[-nd:]), outs, False), "overlap"
+    if name in ("BatchLipNorm", "BatchCentering", "BatchCentering2d"):
+        if module.training:
+            return _INF, "batch statistics (not an eval-mode affine map)"
+        return (float(module.get_scaling()) if module.normalize else 1.0), "eval-mode scale"
+    if name in ("LayerCentering", "LayerCentering2d"):
+        return 1.0, "centering is a projection"
+    if name == "ScaleBiasLayer":
+        return float(torch.as_tensor(module.scalar).detach().abs().max()), "|scalar|"
+    if isinstance(module, nn.Softmax):
+        return 1.0, "softmax is 1-Lipschitz"
+    if isinstance(module, nn.MultiheadAttention):
+        return _INF, "softmax attention has no finite global Lipschitz bound"
+    if callable(getattr(module, "lipschitz_bound", None)):
+        return float(module.lipschitz_bound()), "module's lipschitz_bound()"
+    return _INF, f"no Lipschitz rule for {name}"
+
+
+_ELEMENTWISE_1 = {torch.relu, F.relu, torch.tanh, F.tanh, F.hardtanh, F.relu6, F.softplus, torch.abs,
+                  operator.neg, torch.neg, operator.abs, F.dropout, F.dropout1d, F.dropout2d, torch.flatten,
+                  torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.clamp,
+                  F.softmax, torch.softmax}
+_SHAPE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
+                  "relu", "tanh", "abs", "neg", "float", "double", "to", "type_as", "clone", "detach", "chunk",
+                  "split", "unbind", "t", "mT", "clamp", "softmax", "movedim"}
+_FN_CONST = {torch.sigmoid: 0.25, F.sigmoid: 0.25, F.gelu: 1.129, F.silu: 1.0999, F.mish: 1.0885,
+             F.hardswish: 1.5, torch.selu: 1.7581, F.selu: 1.7581}
+_ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
+_MUL = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div}
+_CAT = {torch.cat, torch.stack, torch.concat}
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _function_rule(node: fx.Node, b: Callable) -> tuple[float, float, str]:
+    """(local, bound, note) of a call_function / call_method node; ``b(arg)`` is an arg's bound."""
+    fn, args = node.target, node.args
+    name = getattr(fn, "__name__", str(fn))
+    if node.op == "call_method":
+        if fn in _SHAPE_METHODS:
+            return 1.0, b(args[0]), "shape op / 1-Lipschitz"
+        if fn in ("size", "dim", "numel"):
+            return 0.0, 0.0, "not a tensor"
+        if fn in ("add", "sub", "add_", "sub_"):
+            fn = operator.add
+        elif fn in ("mul", "div", "mul_", "div_"):
+            fn = operator.mul if fn.startswith("mul") else operator.truediv
+        elif fn in ("mean", "sum"):
+            shp = _shape(args[0])
+            dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if shp is None:
+                return _INF, _INF, "input shape unknown"
+            dims = range(len(shp)) if dims is None else ([dims] if isinstance(dims, int) else dims)
+            n = math.prod(shp[d] for d in dims if d != 0 and d != -len(shp))
+            c = 1.0 / math.sqrt(n) if fn == "mean" else math.sqrt(n)
+            return c, c * b(args[0]), f"{fn} of {n} entries"
+        else:
+            return _INF, _INF, f"no Lipschitz rule for method .{fn}()"
+    if fn in (operator.getitem, getattr):
+        return 1.0, b(args[0]), "selection"
+    if fn in _ELEMENTWISE_1:
+        return 1.0, b(args[0]), "1-Lipschitz"
+    if fn is F.leaky_relu:
+        c = max(1.0, abs(args[1] if len(args) > 1 else node.kwargs.get("negative_slope", 0.01)))
+        return c, c * b(args[0]), "slope"
+    if fn in _FN_CONST:
+        return _FN_CONST[fn], _FN_CONST[fn] * b(args[0]), "max |f'|"
+    if fn in _ADD:
+        alpha = abs(node.kwargs.get("alpha", 1.0))
+        return 1.0, b(args[0]) + alpha * b(args[1]), "sum"
+    if fn in _MUL:
+        x, y = args[0], args[1]
+        if isinstance(y, (int, float)) and b(x) >= 0:
+            c = abs(y) if fn in (operator.mul, operator.imul, torch.mul) else 1.0 / abs(y)
+            return c, c * b(x), "scalar"
+        if isinstance(x, (int, float)) and fn in (operator.mul, operator.imul, torch.mul):
+            return abs(x), abs(x) * b(y), "scalar"
+        if b(x) == 0 and b(y) == 0:
+            return 0.0, 0.0, "constant"
+        return _INF, _INF, "product with a non-scalar (input-dependent or tensor) factor"
+    if fn in _CAT:
+        parts = [b(a) for a in args[0]]
+        return 1.0, math.sqrt(sum(p * p for p in parts)), "quadrature"
+    if fn in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+              F.adaptive_avg_pool3d):
+        shp = _shape(args[0])
+        if shp is None:
+            return _INF, _INF, "input shape unknown"
+        c = _schur(lambda t: fn(t, *args[1:], **node.kwargs), shp)
+        return c, c * b(args[0]), "Schur"
+    if fn in (F.max_pool1d, F.max_pool2d, F.max_pool3d):
+        kw = dict(zip(("kernel_size", "stride", "padding", "dilation"), args[1:]), **node.kwargs)
+        nd = int(name[-2])
+        c = math.sqrt(window_overlap(kw["kernel_size"], kw.get("stride"), kw.get("dilation", 1), nd))
+        return c, c * b(args[0]), "overlap"
+    return _INF, _INF, f"no Lipschitz rule for function {name}"
+
+
+def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None = None
+              ) -> tuple[list[NodeBound], float]:
+    """Propagate bounds through ``gm`` (shapes in ``node.meta['tensor_meta']`` where known).
+
+    Args:
+        gm: a traced module (leaves as :class:`LeafTracer` picks them).
+        nominal: see :func:`module_constant`.
+        step: called after each node (progress).
+
+    Returns:
+        (rows, bound of the output).
+    """
+    bounds: dict[str, float] = {}
+    rows: list[NodeBound] = []
+    seen_input = False
+    out = _INF
+
+    def b(a) -> float:
+        if isinstance(a, fx.Node):
+            return bounds[a.name]
+        if isinstance(a, (list, tuple)):
+            return math.sqrt(sum(b(x) ** 2 for x in a))
+        return 0.0
+
+    for node in gm.graph.nodes:
+        note = ""
+        if node.op == "placeholder":
+            local, bound = 1.0, 0.0 if seen_input else 1.0
+            seen_input, note = True, "model input"
+        elif node.op == "get_attr":
+            local, bound, note = 0.0, 0.0, "constant"
+        elif node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            if isinstance(mod, ConvexSum) or type(mod).__name__ == "LipResidual":
+                if isinstance(mod, ConvexSum):
+                    w = mod.weights().detach().double().abs().tolist()
+                else:
+                    a = float(torch.sigmoid(mod.alpha.detach().double()))
+                    w = [a, 1.0 - a]
+                local = 1.0
+                parts = [b(a) for a in node.args]
+                # planning (nominal) must hold for any learned weights: max_i L_i
+                bound = max(parts) if nominal else sum(wi * p for wi, p in zip(w, parts))
+                note = "convex combination: " + ("max_i L_i" if nominal else "sum_i w_i L_i")
+            else:
+                shape = _shape(node.args[0]) if node.args else None
+                local, note = module_constant(mod, shape, nominal)
+                x = b(node.args[0]) if node.args else 0.0
+                bound = 0.0 if x == 0.0 else local * x
+            op = type(mod).__name__
+        elif node.op == "output":
+            local, bound, note = 1.0, b(node.args[0]), "output"
+            out = bound
+        else:
+            if all(b(a) == 0.0 for a in node.all_input_nodes):
+                local, bound, note = 0.0, 0.0, "does not depend on the input"
+            else:
+                local, bound, note = _function_rule(node, b)
+        if node.op != "call_module":
+            op = node.op if node.op in ("placeholder", "output", "get_attr") else str(
+                getattr(node.target, "__name__", node.target))
+        bounds[node.name] = bound
+        rows.append(NodeBound(node.name, op, local, bound, note))
+        if step is not None:
+            step()
+    return rows, out

@@ -1,0 +1,288 @@
+"""lipschitzify(model): turn an existing architecture into a k-Lipschitz one, with a report.
+
+The model is traced with torch.fx (liptriton and torch.nn modules as leaves), then:
+
+1. BatchNorm folds into the Linear / Conv that feeds it (its eval statistics), or is removed;
+2. residual sums ``f(x) + g(x)`` (``+``, ``+=``, ``torch.add``, ``-``) become learnable convex
+   combinations (:class:`liptriton.LipResidual`), whose constant is the largest of the terms';
+3. every Linear / ConvNd / ConvTransposeNd gets the chosen parametrization with ``k ** (1 / D)``,
+   D being the largest number of such layers on a path from the input to the output;
+4. modules whose constant exceeds 1 are scaled or replaced (see the options), and modules
+   with no finite constant are reported;
+5. the planned bound is propagated through the new graph with the same rules as
+   :func:`liptriton.certify` (with each layer at its parametrization's bound and each convex
+   combination at its worst weights); if it exceeds k, the output is multiplied by k / bound.
+
+A model that torch.fx cannot trace is converted module by module, and the report says that
+its functional operations (residual additions, ...) are not covered.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from liptriton._bounds import TRACE_ERRORS, LeafTracer, propagate
+from liptriton._rules import convert_module, fold_batchnorm
+from liptriton.parametrizations import bjorck, frobenius, householder, spectral
+
+__all__ = ["ConversionReport", "lipschitzify"]
+
+_METHODS = {"bjorck": bjorck, "spectral": spectral, "frobenius": frobenius, "householder": householder}
+_CHOICES = {"batchnorm": ("fold", "remove", "error"), "pooling": ("scaled", "l2", "keep"),
+            "activations": ("scale", "groupsort", "keep"), "maxpool": ("scale", "keep"),
+            "dropout": ("keep", "remove"), "residual": ("convex", "keep")}
+_ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
+_SUB = {operator.sub, operator.isub, torch.sub, "sub", "sub_"}
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`lipschitzify` did.
+
+    Attributes:
+        changes: ``(where, original, action)`` for every change.
+        blockers: ``(where, reason)`` for every module or op that prevents a guarantee.
+        layer_k: the constant given to each constrained layer.
+        planned_bound: the bound of the converted model by the conversion's own rules.
+        output_scale: the factor applied to the output (1 when none).
+    """
+
+    changes: list[tuple[str, str, str]] = field(default_factory=list)
+    blockers: list[tuple[str, str]] = field(default_factory=list)
+    layer_k: float = 1.0
+    planned_bound: float = math.nan
+    output_scale: float = 1.0
+
+    def change(self, where: str, original: str, action: str) -> None:
+        """Record a change."""
+        self.changes.append((where, original, action))
+
+    def block(self, where: str, reason: str) -> None:
+        """Record something that prevents a guarantee."""
+        self.blockers.append((where, reason))
+
+    def __str__(self) -> str:
+        title = (f"lipschitzify: layer k {self.layer_k:.6g}, planned bound {self.planned_bound:.6g}, "
+                 f"output scale {self.output_scale:.6g}")
+        lines = [title, f"{'where':<32} {'was':<22} action", "-" * 80]
+        lines += [f"{w[:32]:<32} {o[:22]:<22} {a}" for w, o, a in self.changes]
+        if self.blockers:
+            lines.append("not covered (no guarantee):")
+            lines += [f"  {w}: {r}" for w, r in self.blockers]
+        return "\n".join(lines)
+
+
+def _check(k, method, strict, inplace, options) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
+        raise ValueError(f"lipschitzify: k must be a finite number > 0, got {k!r}")
+    if method not in _METHODS:
+        raise ValueError(f"lipschitzify: method must be one of {tuple(_METHODS)}, got {method!r}")
+    for name, value in options.items():
+        if value not in _CHOICES[name]:
+            raise ValueError(f"lipschitzify: {name} must be one of {_CHOICES[name]}, got {value!r}")
+    for name, value in (("strict", strict), ("inplace", inplace)):
+        if not isinstance(value, bool):
+            raise TypeError(f"lipschitzify: {name} must be a bool, got {type(value).__name__}")
+
+
+def _is_layer(mod: nn.Module) -> bool:
+    return isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd))
+
+
+def _depends(gm: fx.GraphModule) -> set[str]:
+    """Names of the nodes whose value depends on the model's inputs."""
+    depends: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a.name in depends for a in node.all_input_nodes):
+            depends.add(node.name)
+    return depends
+
+
+def _rewrite_residuals(gm: fx.GraphModule, report: ConversionReport) -> None:
+    from liptriton._rules import ConvexSum
+    from liptriton.nn.containers import LipResidual
+
+    depends = _depends(gm)
+    count = 0
+    for node in list(gm.graph.nodes):
+        is_add = (node.op == "call_function" and node.target in _ADD) or (
+            node.op == "call_method" and node.target in ("add", "add_", "sub", "sub_"))
+        if not is_add or len(node.args) != 2:
+            continue
+        a, b = node.args
+        if not all(isinstance(t, fx.Node) and t.name in depends for t in (a, b)):
+            continue
+        if node.kwargs.get("alpha", 1) != 1:
+            report.block(node.name, "torch.add with alpha: not rewritten")
+            continue
+        sub = node.target in _SUB
+        mod = ConvexSum((1.0, -1.0)) if sub else LipResidual()
+        name = f"lip_residual_{count}"
+        count += 1
+        gm.add_submodule(name, mod)
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (a, b))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        depends.add(new.name)
+        report.change(node.name, "difference" if sub else "sum", f"{type(mod).__name__} ({name}): convex combination")
+
+
+def _depth(gm: fx.GraphModule) -> int:
+    depth: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        d = max((depth[a.name] for a in node.all_input_nodes), default=0)
+        if node.op == "call_module" and _is_layer(gm.get_submodule(node.target)):
+            d += 1
+        depth[node.name] = d
+    return max(max(depth.values(), default=1), 1)
+
+
+def _scale_output(gm: fx.GraphModule, factor: float) -> None:
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    value = out.args[0]
+    with gm.graph.inserting_before(out):
+        scaled = gm.graph.call_function(operator.mul, (value, factor))
+    out.args = (scaled,)
+
+
+def _convert_untraced(model: nn.Module, report: ConversionReport, ctx: dict) -> None:
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            qual = f"{prefix}{name}"
+            if LeafTracer().is_leaf_module(child, qual) or not list(child.children()):
+                new = convert_module(child, qual, report, ctx)
+                if new is not None:
+                    setattr(parent, name, new)
+            else:
+                visit(child, qual + ".")
+
+    visit(model, "")
+
+
+def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", strict: bool = True,
+                 inplace: bool = False, batchnorm: str = "fold", pooling: str = "scaled",
+                 activations: str = "scale", maxpool: str = "scale", dropout: str = "keep",
+                 residual: str = "convex", example_input: torch.Tensor | None = None,
+                 **method_kwargs) -> nn.Module:
+    """Make ``model`` k-Lipschitz (l2) and report every change.
+
+    Args:
+        model: the model (any nn.Linear / nn.ConvNd / nn.ConvTransposeNd architecture).
+        k: the Lipschitz constant of the whole model (> 0).
+        method: "bjorck", "spectral", "frobenius" (whole-matrix norm) or "householder".
+        strict: raise a ValueError listing what prevents a guarantee (else warn).
+        inplace: constrain the model's own layers instead of a deep copy. The rewritten
+            graph (residuals, output scale) lives in the returned module: always use it.
+        batchnorm: "fold" into the preceding Linear/Conv (eval statistics; removed where no
+            such layer precedes it), "remove", or "error" (report it).
+        pooling: average pooling "scaled" (divided by its norm bound: non-overlapping windows
+            become ``sqrt(window) * mean``, global pooling ``sqrt(H W) * mean``), "l2"
+            (l2-norm pooling), or "keep" (overlapping constants are accounted for).
+        activations: activations whose constant c exceeds 1 (GELU, SiLU, Hardswish, ...):
+            "scale" by 1/c, "groupsort" (replace by GroupSort2 on dim 1), or "keep" (the output
+            scale absorbs c).
+        maxpool: overlapping max pooling (constant sqrt(windows per element)): "scale" or "keep".
+        dropout: "keep" (identity in eval; the training forward scales by 1/(1-p)) or "remove".
+        residual: "convex" (LipResidual) or "keep" (sums add their bounds; the output scale
+            restores k).
+        example_input: optional input: runs :func:`liptriton.parametrizations.initialize`.
+        **method_kwargs: passed to the parametrization function (e.g. ``n_iters``).
+
+    Returns:
+        The converted model (a ``torch.fx.GraphModule`` when traced) with ``lipschitz_report``
+        (a :class:`ConversionReport`, printable).
+
+    Raises:
+        ValueError: bad options, or (strict) modules that prevent a guarantee, listed by name.
+
+    Example:
+        >>> import torch, liptriton
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+        >>> lip = liptriton.lipschitzify(net)
+        >>> liptriton.certify(lip, torch.randn(3, 4)).upper <= 1.001
+        True
+    """
+    options = {"batchnorm": batchnorm, "pooling": pooling, "activations": activations, "maxpool": maxpool,
+               "dropout": dropout, "residual": residual}
+    _check(k, method, strict, inplace, options)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"lipschitzify: model must be an nn.Module, got {type(model).__name__}")
+    if method == "frobenius":
+        method_kwargs.setdefault("disjoint_neurons", False)
+    target = model if inplace else copy.deepcopy(model)
+    report = ConversionReport()
+    ctx = {**options, "method": _METHODS[method], "method_kwargs": method_kwargs, "layer_k": float(k)}
+    try:
+        gm = fx.GraphModule(target, LeafTracer().trace(target))
+    except TRACE_ERRORS as err:  # tracing runs user code: a failure means module-by-module conversion
+        report.block("<model>", f"torch.fx could not trace the model ({type(err).__name__}: {err}); converted "
+                                "module by module: functional operations in forward (residual additions, "
+                                "...) are not covered")
+        layers = [m for m in target.modules() if _is_layer(m)]
+        ctx["layer_k"] = float(k) ** (1.0 / max(len(layers), 1))
+        report.layer_k = ctx["layer_k"]
+        _convert_untraced(target, report, ctx)
+        result = target
+    else:
+        fold_batchnorm(gm, report, batchnorm)
+        if residual == "convex":
+            _rewrite_residuals(gm, report)
+        ctx["layer_k"] = report.layer_k = float(k) ** (1.0 / _depth(gm))
+        depends = _depends(gm)
+        for node in list(gm.graph.nodes):
+            if node.op == "call_module" and node.target not in ctx.setdefault("done", set()):
+                ctx["done"].add(node.target)
+                new = convert_module(gm.get_submodule(node.target), node.target, report, ctx)
+                if new is not None:
+                    parent, _, leaf = node.target.rpartition(".")
+                    setattr(gm.get_submodule(parent) if parent else gm, leaf, new)
+            elif node.op in ("call_function", "call_method") and node.name in depends:
+                _check_function(gm, node, report, activations, depends)
+        gm.graph.lint()
+        gm.recompile()
+        _, bound = propagate(gm, nominal=True)
+        report.planned_bound = bound
+        if math.isfinite(bound) and bound > k * (1 + 1e-9):
+            report.output_scale = k / bound
+            _scale_output(gm, report.output_scale)
+            gm.recompile()
+            report.change("output", "", f"multiplied by {k / bound:.6g} (planned bound {bound:.6g} > k)")
+        gm.train(model.training)
+        result = gm
+    if report.blockers:
+        listing = "; ".join(f"{w}: {r}" for w, r in report.blockers)
+        if strict:
+            raise ValueError(f"lipschitzify: no Lipschitz guarantee for: {listing} (strict=False converts the "
+                             "rest and warns)")
+        warnings.warn(f"lipschitzify: no Lipschitz guarantee for: {listing}", stacklevel=2)
+    result.lipschitz_report = report
+    if example_input is not None:
+        from liptriton.parametrizations import initialize
+
+        initialize(result, example_input)
+    return result
+
+
+def _check_function(gm: fx.GraphModule, node: fx.Node, report: ConversionReport, activations: str,
+                    depends: set[str]) -> None:
+    """Report functions with no finite constant; scale functional activations above 1."""
+    from liptriton._bounds import _FN_CONST, _function_rule
+
+    if node.target in _FN_CONST and activations == "scale":
+        c = _FN_CONST[node.target]
+        with gm.graph.inserting_after(node):
+            scaled = gm.graph.call_function(operator.mul, (node, 1.0 / c))
+        node.replace_all_uses_with(scaled, delete_user_cb=lambda u: u is not scaled)
+        report.change(node.name, getattr(node.target, "__name__", str(node.target)), f"scaled by 1/{c}")
+        return
+    local, _, note = _function_rule(node, lambda a: 1.0 if isinstance(a, fx.Node) and a.name in depends else 0.0)
+    if math.isinf(local):
+        report.block(node.name, note)
