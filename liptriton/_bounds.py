@@ -105,6 +105,8 @@ def module_constant(module: nn.Module, in_shape: tuple[int, ...] | None, nominal
     name = type(module).__name__
     if nominal and (pb := _parametrized_bound(module)) is not None:
         return pb, "parametrization bound"
+    if nominal and callable(getattr(module, "lipschitz_bound", None)):
+        return float(module.lipschitz_bound()), "module's lipschitz_bound()"
     if isinstance(module, nn.Linear):
         w = module.weight.detach().double()
         return float(torch.linalg.matrix_norm(w, 2)) * (1 + 1e-12), "float64 SVD"

@@ -311,7 +311,7 @@ def _convert_avg(mod: nn.Module, where: str, report, ctx: dict, lp) -> nn.Module
               and getattr(mod, "divisor_override", None) is None)
     if ctx["pooling"] == "keep":
         return None
-    if ctx["pooling"] == "l2":
+    if ctx["pooling"] == "l2" and not any(_tuple(mod.padding, nd)):  # LPPool has no padding
         if nd == 2 and simple:
             report.change(where, type(mod).__name__, "ScaledL2NormPool2d")
             return lp.ScaledL2NormPool2d(k, stride)

@@ -248,8 +248,11 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
                 _check_function(gm, node, report, activations, depends)
         gm.graph.lint()
         gm.recompile()
-        _, bound = propagate(gm, nominal=True)
+        rows, bound = propagate(gm, nominal=True)
         report.planned_bound = bound
+        for row in rows:
+            if math.isinf(row.local) and not any(w == row.name for w, _ in report.blockers):
+                report.block(row.name, f"{row.op}: {row.note}")
         if math.isfinite(bound) and bound > k * (1 + 1e-9):
             report.output_scale = k / bound
             _scale_output(gm, report.output_scale)
