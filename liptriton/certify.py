@@ -94,17 +94,13 @@ def _bake(mod: nn.Module) -> None:
 
     ``parametrize.remove_parametrizations`` deletes the property from the parametrized class,
     which a deep copy shares with the original: the original would lose its weight. Here the
-    copy is switched to the plain base class instead. Operator-norm hooks are dropped: a deep
-    copy's hook still points to the original's state, which it must not change.
+    copy is switched to the plain base class instead.
     """
     values = {name: getattr(mod, name).detach().clone() for name in mod.parametrizations}
     mod.__class__ = type(mod).__bases__[0]
     del mod._modules["parametrizations"]
     for name, value in values.items():
         mod.register_parameter(name, nn.Parameter(value))
-    for key, hook in list(mod._forward_pre_hooks.items()):
-        if getattr(hook, "__name__", "") == "_observe":
-            del mod._forward_pre_hooks[key]
 
 
 def _baked_copy(model: nn.Module) -> nn.Module:

@@ -160,6 +160,13 @@ def test_certify_leaves_model_as_it_was_and_prints_table():
     assert len(cert.nodes) == 6 and cert.nodes[-1].bound == cert.upper
 
 
+def test_certify_progress_bar(capsys):
+    liptriton.certify(nn.Linear(3, 2), torch.randn(2, 3), n_samples=1, power_iters=2, ascent_steps=0,
+                      progress=True)
+    err = capsys.readouterr().err
+    assert "certify: upper bound [" in err and "certify: lower bound [" in err
+
+
 def test_certify_radii_from_margins():
     net = liptriton.bjorck(nn.Linear(5, 3))
     x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))

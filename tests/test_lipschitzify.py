@@ -102,6 +102,52 @@ def test_lipschitzified_model_trains_and_certifies(name):
     assert "bjorck" in str(report)
 
 
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (1x1, strided 3x3, 1x1 x4), ``out += identity``."""
+
+    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, 4 * width, 1, bias=False), nn.BatchNorm2d(4 * width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = nn.Sequential(nn.Conv2d(cin, 4 * width, 1, stride, bias=False), nn.BatchNorm2d(4 * width))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += self.downsample(x)
+        return self.relu(out)
+
+
+class TorchvisionStyleResNet(nn.Module):
+    """torchvision's ResNet layout: 7x7/2 stem, overlapping max pool 3/2/1, bottlenecks, global pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = nn.Sequential(Bottleneck(8, 2), Bottleneck(8, 4, stride=2))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.avgpool(self.layer1(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_torchvision_style_resnet_converts_with_defaults():
+    x = torch.randn(2, 3, 16, 16)
+    lip = liptriton.lipschitzify(TorchvisionStyleResNet(), example_input=x)
+    text = str(lip.lipschitz_report)
+    assert "maxpool" in text and "scaled by 1/2" in text and text.count("LipResidual") == 2
+    cert = liptriton.certify(lip, x, n_samples=1, power_iters=5, ascent_steps=0)
+    assert cert.lower <= cert.upper <= 1 + BOUND_SLACK
+
+
 def test_bjorck_mlp_lower_bound_is_tight():
     x = torch.randn(8, 16)
     lip = liptriton.lipschitzify(nn.Sequential(nn.Linear(16, 32), liptriton.GroupSort2(), nn.Linear(32, 32),
