@@ -7,7 +7,7 @@ Independent of any power-iteration state, in float64, for every geometry that
   :func:`conv_apply` on unit inputs (each entry is one weight, copied exactly), then the top
   eigenvalue of its Gram matrix on the smaller side (``eigvalsh``), plus a rigorous margin for
   the float64 rounding of the Gram product and of the eigensolver (about ``dim^2 * 1e-16``
-  relative). Used when the matrix has at most ``2**24`` entries.
+  relative). Used when the matrix has at most ``2**24`` entries and the input at most ``2**14``.
 * ``"fourier"`` (a guaranteed bound, tight for large inputs): with zero padding, the strided
   convolution on an input of size n is a compression ``P C E`` of the circular strided
   convolution ``C`` on a grid of size ``N >= n + padding`` (``E`` embeds the padded input,
@@ -39,7 +39,7 @@ __all__ = ["ConvBound", "conv_norm_bound", "conv_operator_matrix"]
 
 _EPS64 = torch.finfo(torch.float64).eps
 _MAX_DENSE = 2**24  # entries of the dense operator matrix (128 MiB in float64)
-_CHUNK = 512  # unit inputs per conv call when building the dense matrix
+_MAX_DENSE_IN = 2**14  # input dimension (one conv call per chunk of unit inputs)
 
 
 class ConvBound(NamedTuple):
@@ -75,10 +75,11 @@ def conv_operator_matrix(spec: ConvSpec, weight: Tensor, input_size: tuple[int, 
     w = weight.detach().double()
     c_in = w.shape[1] * spec.groups if not spec.transposed else w.shape[0]
     in_dim = c_in * math.prod(input_size)
+    chunk = max(1, min(512, 2**22 // in_dim))  # unit inputs per conv call (at most 32 MiB of them)
     cols = []
     with torch.no_grad():
-        for start in range(0, in_dim, _CHUNK):
-            idx = torch.arange(start, min(start + _CHUNK, in_dim), device=w.device)
+        for start in range(0, in_dim, chunk):
+            idx = torch.arange(start, min(start + chunk, in_dim), device=w.device)
             e = torch.zeros(len(idx), in_dim, dtype=torch.float64, device=w.device)
             e[torch.arange(len(idx)), idx] = 1.0
             cols.append(conv_apply(spec, w, e.reshape(len(idx), c_in, *input_size)).flatten(1))
@@ -159,7 +160,8 @@ def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
         weight: the weight the layer applies (any float dtype; computed in float64).
         input_size: the spatial size of the layer's input.
         method: "dense" (exact), "fourier" (circular embedding, see the module docstring), or
-            "auto": dense when the matrix has at most 2**24 entries, else fourier.
+            "auto": dense when the matrix has at most 2**24 entries and the input at most 2**14,
+            else fourier.
 
     Returns:
         A :class:`ConvBound`.
@@ -182,7 +184,7 @@ def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
     c_out = weight.shape[0] if not spec.transposed else weight.shape[1] * spec.groups
     in_dim = c_in * math.prod(input_size)
     out_dim = c_out * math.prod(spec.output_shape(weight, input_size))
-    if method == "dense" or (method == "auto" and in_dim * out_dim <= _MAX_DENSE):
+    if method == "dense" or (method == "auto" and in_dim * out_dim <= _MAX_DENSE and in_dim <= _MAX_DENSE_IN):
         return ConvBound(_dense_bound(spec, weight, input_size), "dense", True)
     value, exact = _fourier_bound(spec, weight, input_size)
     return ConvBound(value, "fourier", exact)
