@@ -215,8 +215,13 @@ def _function_rule(node: fx.Node, b: Callable) -> tuple[float, float, str]:
             return c, c * b(args[0]), f"{fn} of {n} entries"
         else:
             return _INF, _INF, f"no Lipschitz rule for method .{fn}()"
-    if fn in (operator.getitem, getattr):
-        return 1.0, b(args[0]), "selection"
+    if fn is getattr:
+        return 1.0, b(args[0]), "attribute"
+    if fn is operator.getitem:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
+            return 1.0, b(args[0]), "selection"
+        return _INF, _INF, "advanced indexing (may repeat entries)"
     if fn in _ELEMENTWISE_1:
         return 1.0, b(args[0]), "1-Lipschitz"
     if fn is F.leaky_relu:

@@ -21,7 +21,7 @@ __all__ = ["ACTIVATION_CONSTANTS", "ConvexSum", "Scaled", "ScaledAdaptivePool", 
 ACTIVATION_CONSTANTS: dict[type, float] = {
     nn.ReLU: 1.0, nn.ReLU6: 1.0, nn.Tanh: 1.0, nn.Hardtanh: 1.0, nn.Softsign: 1.0, nn.Identity: 1.0,
     nn.Sigmoid: 0.25, nn.Hardsigmoid: 1.0 / 6.0, nn.LogSigmoid: 1.0, nn.Softplus: 1.0, nn.CELU: 1.0,
-    nn.Tanhshrink: 1.0, nn.Softshrink: 1.0, nn.Hardshrink: 1.0, nn.Flatten: 1.0, nn.Unflatten: 1.0,
+    nn.Tanhshrink: 1.0, nn.Softshrink: 1.0, nn.Flatten: 1.0, nn.Unflatten: 1.0,
     nn.GELU: 1.129, nn.SiLU: 1.0999, nn.Mish: 1.0885, nn.Hardswish: 1.5, nn.SELU: 1.7581,
 }
 

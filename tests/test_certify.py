@@ -113,6 +113,14 @@ def test_certify_sums_concatenations_and_pooling_rules():
     gap = liptriton.certify(nn.AdaptiveAvgPool2d(1), torch.randn(1, 2, 4, 4))
     assert gap.upper == pytest.approx(0.25, rel=1e-9)
 
+    class Index(nn.Module):
+        def forward(self, x):
+            return x[:, [0, 0]]  # repeats a column: constant sqrt(2)
+
+    cert = liptriton.certify(Index(), torch.randn(2, 4), n_samples=1, power_iters=2, ascent_steps=0)
+    assert math.isinf(cert.upper) and "advanced indexing" in cert.unbounded[0][1]
+    assert liptriton.certify(nn.Hardshrink(), torch.randn(2, 4), n_samples=1, power_iters=2).upper == math.inf
+
 
 def test_certify_multihead_attention_is_infinite_and_named():
     class Attn(nn.Module):
