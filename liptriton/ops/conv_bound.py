@@ -16,11 +16,12 @@ Independent of any power-iteration state, in float64, for every geometry that
   channels on the ``N / stride`` grid, whose singular values are exactly those of the
   per-frequency matrices ``K(w)`` (Sedghi et al., 2019). With circular padding whose size is
   the kernel extent and a stride that divides n, the operator *is* that circular convolution:
-  the bound is exact. Other padding modes gather the input: the gather's norm is the square
+  the bound is exact. Any grid ``N >= n + padding`` works; the smallest of three is kept. Other padding modes gather the input: the gather's norm is the square
   root of the largest number of copies of one input element, so the bound multiplies by it.
   A transposed convolution has the norm of the convolution it is the adjoint of. The bound is
   never below the true norm; its excess over it shrinks as n grows (the zero-padded norm
-  tends to the supremum over frequencies, which ``||C||`` samples).
+  tends to the supremum over frequencies, which ``||C||`` samples). Measured on random
+  kernels: +0.1% to +0.2% at 32 x 32 (64 channels), +0.5% at 16 x 16, a few % at 8 x 8.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = ["ConvBound", "conv_norm_bound", "conv_operator_matrix"]
 
 _EPS64 = torch.finfo(torch.float64).eps
 _MAX_DENSE = 2**24  # entries of the dense operator matrix (128 MiB in float64)
+_GRIDS = 3  # circular grids tried by the Fourier bound
 _MAX_DENSE_IN = 2**14  # input dimension (one conv call per chunk of unit inputs)
 
 
@@ -143,12 +145,17 @@ def _fourier_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...]) 
             and all(n % s == 0 for n, s in zip(input_size, spec.stride))):
         return _circular_norm(w, spec.groups, spec.stride, tuple(input_size)), True
     padded = [n + t for n, t in zip(input_size, totals)]
-    grid = tuple(math.ceil(p / s) * s for p, s in zip(padded, spec.stride))
     gather = 1.0
     if spec.padding_mode != "zeros" and any(totals):
         counts = torch.bincount(_pad_index(spec, tuple(input_size), torch.device("cpu")))
         gather = math.sqrt(float(counts.max()))
-    return gather * _circular_norm(w, spec.groups, spec.stride, grid), False
+    # Every grid at least as large as the padded input embeds the operator: each gives a valid
+    # bound (sampling the frequency response on a different grid), so take the smallest of a few.
+    best = math.inf
+    for extra in range(_GRIDS):
+        grid = tuple((math.ceil(p / s) + extra) * s for p, s in zip(padded, spec.stride))
+        best = min(best, _circular_norm(w, spec.groups, spec.stride, grid))
+    return gather * best, False
 
 
 def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
