@@ -43,7 +43,7 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
     Returns:
         (lower bound, note saying where it was reached).
 
-    Example:
+    Examples:
         >>> net = torch.nn.Linear(3, 2).double().eval()
         >>> lb, _ = jacobian_lower_bound(net, torch.randn(2, 3, dtype=torch.float64))
         >>> abs(lb - float(torch.linalg.matrix_norm(net.weight.detach(), 2))) < 1e-6

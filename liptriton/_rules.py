@@ -50,7 +50,7 @@ def window_overlap(kernel, stride, dilation, nd: int) -> int:
     gives at most one window, so the count per dimension is the largest number of taps with the
     same ``d j mod s``; windows are products over dimensions.
 
-    Example:
+    Examples:
         >>> window_overlap(3, 2, 1, 2)
         4
     """
@@ -103,7 +103,7 @@ class ConvexSum(nn.Module):
         signs: +1.0 or -1.0 per term.
         init: initial weight of the first term (the identity branch of a residual).
 
-    Example:
+    Examples:
         >>> m = ConvexSum((1.0, 1.0))
         >>> m(torch.ones(2), torch.ones(2))
         tensor([1., 1.], grad_fn=<AddBackward0>)
@@ -135,7 +135,7 @@ class Scaled(nn.Module):
         module: the wrapped module.
         scale: the constant factor (> 0).
 
-    Example:
+    Examples:
         >>> Scaled(torch.nn.GELU(), 1 / 1.129)(torch.zeros(1))
         tensor([0.])
     """
@@ -161,7 +161,7 @@ class ScaledAdaptivePool(nn.Module):
     Args:
         pool: an ``nn.AdaptiveAvgPoolNd`` or ``nn.AdaptiveMaxPoolNd``.
 
-    Example:
+    Examples:
         >>> ScaledAdaptivePool(torch.nn.AdaptiveAvgPool2d(1))(torch.ones(1, 1, 2, 2)).flatten()
         tensor([2.])
     """

@@ -62,7 +62,7 @@ class Certificate:
             divided by ``upper``, see :func:`liptriton.metrics.certified_radius`), or None.
         lower_note: where the lower bound was reached.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> cert = liptriton.certify(torch.nn.Linear(4, 3), torch.randn(2, 4))
         >>> cert.lower <= cert.upper
@@ -147,7 +147,7 @@ def certify(model: nn.Module, example_input: Tensor, labels: Tensor | None = Non
         TypeError: a model that is not a module, or a non-floating input.
         ValueError: an input without a batch dimension.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(liptriton.bjorck(torch.nn.Linear(8, 8)), torch.nn.ReLU())
         >>> cert = liptriton.certify(net, torch.randn(4, 8))

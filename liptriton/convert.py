@@ -203,7 +203,7 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
     Raises:
         ValueError: bad options, or (strict) modules that prevent a guarantee, listed by name.
 
-    Example:
+    Examples:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
         >>> lip = liptriton.lipschitzify(net)

@@ -55,7 +55,7 @@ class MaxMin(_KCoef, nn.Module):
     Shape:
         Input (C) or (N, C, \*); output with ``2 * C`` entries along ``dim``.
 
-    Example:
+    Examples:
         >>> MaxMin()(torch.tensor([[1.0, -2.0]]))
         tensor([[1., 0., 0., 2.]])
     """
@@ -89,7 +89,7 @@ class GroupSort(_KCoef, nn.Module):
     Shape:
         Input (N, C, \*); output the same shape.
 
-    Example:
+    Examples:
         >>> GroupSort(4)(torch.tensor([[0.28, -2.05, 0.65, 0.57]]))
         tensor([[-2.0500,  0.2800,  0.5700,  0.6500]])
     """
@@ -118,7 +118,7 @@ class GroupSort2(GroupSort):
     Args:
         k_coef_lip: the Lipschitz constant k.
 
-    Example:
+    Examples:
         >>> GroupSort2()(torch.tensor([[3.0, 1.0]]))
         tensor([[1., 3.]])
     """
@@ -133,7 +133,7 @@ class FullSort(GroupSort):
     Args:
         k_coef_lip: the Lipschitz constant k.
 
-    Example:
+    Examples:
         >>> FullSort()(torch.tensor([[3.0, 1.0, 2.0]]))
         tensor([[1., 2., 3.]])
     """
@@ -154,7 +154,7 @@ class LPReLU(_KCoef, nn.PReLU):
         init: the initial value of ``a``.
         k_coef_lip: the Lipschitz constant k.
 
-    Example:
+    Examples:
         >>> LPReLU(init=0.5, k_coef_lip=2.0)(torch.tensor([[1.0, -1.0]]))
         tensor([[ 2., -1.]], grad_fn=<MulBackward0>)
     """
@@ -202,7 +202,7 @@ class HouseHolder(_KCoef, nn.Module):
         theta_initializer: None (theta = pi/2), a float (that constant), or "zeros", "ones",
             "normal".
 
-    Example:
+    Examples:
         >>> HouseHolder(4)(torch.randn(2, 4, 3)).shape
         torch.Size([2, 4, 3])
     """

@@ -31,7 +31,7 @@ _ONE_LIPSCHITZ = (
 def check_coefficient(owner: str, arg: str, value: float) -> float:
     """Return ``float(value)`` if it is a finite number > 0, else raise a ValueError naming ``owner``/``arg``.
 
-    Example:
+    Examples:
         >>> check_coefficient("Sequential", "k_coef_lip", 2)
         2.0
     """
@@ -69,7 +69,7 @@ class LipschitzModule:
     Args:
         coefficient_lip: the Lipschitz constant of the layer (> 0).
 
-    Example:
+    Examples:
         >>> import liptriton
         >>> lin = liptriton.SpectralLinear(4, 4)
         >>> lin._coefficient_lip = 2.0  # now 2-Lipschitz
@@ -133,7 +133,7 @@ class Sequential(LipschitzModule, nn.Sequential):
         *args: the layers (or one OrderedDict), as ``nn.Sequential``.
         k_coef_lip: the Lipschitz constant of the whole network (> 0).
 
-    Example:
+    Examples:
         >>> import liptriton
         >>> net = liptriton.Sequential(liptriton.SpectralLinear(4, 8), liptriton.GroupSort2(),
         ...                            liptriton.SpectralLinear(8, 1), k_coef_lip=2.0)
@@ -186,7 +186,7 @@ class LipResidual(nn.Module):
     With ``y = f(x)`` and ``f`` 1-Lipschitz, ``x -> a x + (1 - a) f(x)`` is 1-Lipschitz (a convex
     combination of 1-Lipschitz maps).
 
-    Example:
+    Examples:
         >>> res = LipResidual()
         >>> x = torch.randn(2, 3)
         >>> out = res(x, torch.tanh(x))
@@ -223,7 +223,7 @@ def vanilla_model(model: nn.Module, in_place: bool = True, new_module: nn.Module
     Returns:
         The network with no parametrization left.
 
-    Example:
+    Examples:
         >>> import liptriton, torch
         >>> net = torch.nn.Sequential(liptriton.SpectralLinear(4, 2))
         >>> type(vanilla_model(net)[0]).__name__

@@ -77,13 +77,20 @@ class SpectralConv1d(_SpectralConvMixin, PadConv1d):
     """``k_coef_lip``-Lipschitz Conv1d: orthogonal (Björck) kernel normalized by its operator norm.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode: as :class:`PadConv1d` (any dilation and groups are supported).
+        in_channels: as :class:`PadConv1d` (any dilation and groups are supported).
+        out_channels: as :class:`PadConv1d` (any dilation and groups are supported).
+        kernel_size: as :class:`PadConv1d` (any dilation and groups are supported).
+        stride: as :class:`PadConv1d` (any dilation and groups are supported).
+        padding: as :class:`PadConv1d` (any dilation and groups are supported).
+        dilation: as :class:`PadConv1d` (any dilation and groups are supported).
+        groups: as :class:`PadConv1d` (any dilation and groups are supported).
+        bias: as :class:`PadConv1d` (any dilation and groups are supported).
+        padding_mode: as :class:`PadConv1d` (any dilation and groups are supported).
         k_coef_lip: the Lipschitz constant (reached, not only bounded).
         eps_spectral: accepted for compatibility (> 0); see the module docstring.
         eps_bjorck: accepted for compatibility (> 0); None: spectral normalization only.
 
-    Example:
+    Examples:
         >>> conv = SpectralConv1d(2, 4, 3, padding=1)
         >>> conv(torch.randn(1, 2, 16)).shape
         torch.Size([1, 4, 16])
@@ -104,13 +111,20 @@ class SpectralConv2d(_SpectralConvMixin, PadConv2d):
     """``k_coef_lip``-Lipschitz Conv2d: orthogonal (Björck) kernel normalized by its operator norm.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode: as :class:`PadConv2d` (any dilation and groups are supported).
+        in_channels: as :class:`PadConv2d` (any dilation and groups are supported).
+        out_channels: as :class:`PadConv2d` (any dilation and groups are supported).
+        kernel_size: as :class:`PadConv2d` (any dilation and groups are supported).
+        stride: as :class:`PadConv2d` (any dilation and groups are supported).
+        padding: as :class:`PadConv2d` (any dilation and groups are supported).
+        dilation: as :class:`PadConv2d` (any dilation and groups are supported).
+        groups: as :class:`PadConv2d` (any dilation and groups are supported).
+        bias: as :class:`PadConv2d` (any dilation and groups are supported).
+        padding_mode: as :class:`PadConv2d` (any dilation and groups are supported).
         k_coef_lip: the Lipschitz constant (reached, not only bounded).
         eps_spectral: accepted for compatibility (> 0); see the module docstring.
         eps_bjorck: accepted for compatibility (> 0); None: spectral normalization only.
 
-    Example:
+    Examples:
         >>> conv = SpectralConv2d(3, 8, (3, 3), padding=1)
         >>> conv(torch.randn(1, 3, 16, 16)).shape
         torch.Size([1, 8, 16, 16])
@@ -134,12 +148,18 @@ class FrobeniusConv2d(_SpectralConvMixin, PadConv2d):
     one input element (``kh * kw`` at stride 1, fewer at larger strides, which are supported).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as
-            :class:`PadConv2d`.
+        in_channels: as :class:`PadConv2d`.
+        out_channels: as :class:`PadConv2d`.
+        kernel_size: as :class:`PadConv2d`.
+        stride: as :class:`PadConv2d`.
+        padding: as :class:`PadConv2d`.
+        dilation: as :class:`PadConv2d`.
+        groups: as :class:`PadConv2d`.
+        bias: as :class:`PadConv2d`.
         padding_mode: "zeros" or "circular" (modes that copy input elements break the bound).
         k_coef_lip: the Lipschitz constant bound.
 
-    Example:
+    Examples:
         >>> conv = FrobeniusConv2d(3, 1, 3, padding=1)
         >>> conv(torch.randn(1, 3, 8, 8)).shape
         torch.Size([1, 1, 8, 8])
@@ -167,13 +187,23 @@ class SpectralConvTranspose2d(_SpectralConvMixin, nn.ConvTranspose2d):
     output_padding, which deel-torchlip refuses, are supported.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
-            dilation, padding_mode, device, dtype: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        in_channels: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        out_channels: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        kernel_size: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        stride: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        padding: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        output_padding: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        groups: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        bias: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        dilation: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        padding_mode: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        device: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
+        dtype: as ``nn.ConvTranspose2d`` (padding_mode "zeros").
         k_coef_lip: the Lipschitz constant (reached).
         eps_spectral: accepted for compatibility (> 0); see the module docstring.
         eps_bjorck: accepted for compatibility (> 0); None: spectral normalization only.
 
-    Example:
+    Examples:
         >>> up = SpectralConvTranspose2d(4, 2, 2, stride=2)
         >>> up(torch.randn(1, 4, 8, 8)).shape
         torch.Size([1, 2, 16, 16])

@@ -33,7 +33,7 @@ class SpectralLinear(LipschitzModule, nn.Linear):
             None disables orthogonalization, as in deel-torchlip (spectral normalization and
             one Björck step that keeps the bound exact; see :mod:`liptriton.nn.conv`).
 
-    Example:
+    Examples:
         >>> import torch
         >>> lin = SpectralLinear(16, 8)
         >>> s = torch.linalg.svdvals(lin.weight.detach())
@@ -68,7 +68,7 @@ class FrobeniusLinear(LipschitzModule, nn.Linear):
         disjoint_neurons: normalize each neuron separately.
         k_coef_lip: the Lipschitz constant.
 
-    Example:
+    Examples:
         >>> import torch
         >>> lin = FrobeniusLinear(16, 1)
         >>> round(float(lin.weight.detach().norm()), 4)

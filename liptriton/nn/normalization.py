@@ -34,7 +34,7 @@ class LayerCentering(nn.Module):
         dim: dimensions of the mean (default the last two: (H, W) of an image).
         bias: learn ``beta`` (per channel, zero-initialized).
 
-    Example:
+    Examples:
         >>> LayerCentering(2)(torch.ones(1, 2, 3, 3)).abs().max().item()
         0.0
     """
@@ -60,7 +60,7 @@ class ScaleBiasLayer(nn.Module):
         num_features: channels (size of ``bias``).
         bias: learn a per-channel bias (zero-initialized).
 
-    Example:
+    Examples:
         >>> ScaleBiasLayer(2.0, 3)(torch.ones(1, 3)).tolist()
         [[2.0, 2.0, 2.0]]
     """
@@ -94,7 +94,7 @@ class BatchLipNorm(nn.Module):
         factory: optional deel-torchlip style factory; ``factory.register(self)`` is called.
         eps: variances below it are replaced by 1.
 
-    Example:
+    Examples:
         >>> bn = BatchLipNorm(3)
         >>> y = bn(torch.randn(8, 3, 4, 4))
     """
@@ -223,7 +223,7 @@ class BatchCentering(BatchLipNorm):
         dim: dimensions of the mean (default: all but the channel dimension 1).
         bias: learn ``beta``.
 
-    Example:
+    Examples:
         >>> bc = BatchCentering(3)
         >>> y = bc(torch.randn(8, 3, 4, 4))
     """

@@ -23,7 +23,7 @@ def symmetric_pad(x: Tensor, pads: list[int] | tuple[int, ...]) -> Tensor:
     Returns:
         The padded tensor.
 
-    Example:
+    Examples:
         >>> symmetric_pad(torch.tensor([[[1.0, 2.0, 3.0]]]), (1, 2)).tolist()
         [[[1.0, 1.0, 2.0, 3.0, 3.0, 2.0]]]
     """
@@ -71,7 +71,7 @@ def plain_torch_layer(module: nn.Module) -> nn.Module:
     liptriton subclass with parametrizations); a "symmetric" padding mode gives an
     unconstrained :class:`PadConv1d`/:class:`PadConv2d`.
 
-    Example:
+    Examples:
         >>> import liptriton
         >>> type(plain_torch_layer(liptriton.SpectralConv2d(2, 2, 3))).__name__
         'Conv2d'
@@ -122,10 +122,10 @@ class _SymmetricPadMixin:
 class PadConv1d(_SymmetricPadMixin, nn.Conv1d):
     """``nn.Conv1d`` with one more ``padding_mode``: ``"symmetric"`` (mirror, edge included).
 
-    Args: as ``nn.Conv1d``; ``padding_mode`` in "zeros", "reflect", "replicate", "circular",
-        "symmetric".
+    Its arguments are those of ``nn.Conv1d``, with ``padding_mode`` in "zeros", "reflect",
+    "replicate", "circular" or "symmetric".
 
-    Example:
+    Examples:
         >>> conv = PadConv1d(2, 3, 3, padding=1, padding_mode="symmetric")
         >>> conv(torch.randn(1, 2, 8)).shape
         torch.Size([1, 3, 8])
@@ -143,10 +143,10 @@ class PadConv1d(_SymmetricPadMixin, nn.Conv1d):
 class PadConv2d(_SymmetricPadMixin, nn.Conv2d):
     """``nn.Conv2d`` with one more ``padding_mode``: ``"symmetric"`` (mirror, edge included).
 
-    Args: as ``nn.Conv2d``; ``padding_mode`` in "zeros", "reflect", "replicate", "circular",
-        "symmetric".
+    Its arguments are those of ``nn.Conv2d``, with ``padding_mode`` in "zeros", "reflect",
+    "replicate", "circular" or "symmetric".
 
-    Example:
+    Examples:
         >>> conv = PadConv2d(2, 3, 3, padding=2, padding_mode="symmetric")
         >>> conv(torch.randn(1, 2, 8, 8)).shape
         torch.Size([1, 3, 10, 10])

@@ -65,7 +65,7 @@ class ScaledAvgPool2d(_Scaled, nn.AvgPool2d):
         divisor_override: None, or a divisor >= ``kh kw``.
         k_coef_lip: the Lipschitz constant.
 
-    Example:
+    Examples:
         >>> pool = ScaledAvgPool2d(2)
         >>> pool(torch.ones(1, 1, 4, 4)).tolist()
         [[[[2.0, 2.0], [2.0, 2.0]]]]
@@ -96,7 +96,7 @@ class ScaledAdaptiveAvgPool2d(_Scaled, nn.AdaptiveAvgPool2d):
         output_size: must be (1, 1) (or 1).
         k_coef_lip: the Lipschitz constant.
 
-    Example:
+    Examples:
         >>> ScaledAdaptiveAvgPool2d((1, 1))(torch.ones(1, 1, 4, 4)).flatten().tolist()
         [4.0]
     """
@@ -120,7 +120,7 @@ class ScaledL2NormPool2d(_Scaled, nn.LPPool2d):
         ceil_mode: must be False.
         k_coef_lip: the Lipschitz constant.
 
-    Example:
+    Examples:
         >>> ScaledL2NormPool2d(2)(torch.ones(1, 1, 2, 2)).flatten().tolist()
         [2.0]
     """
@@ -151,7 +151,7 @@ class ScaledAdaptativeL2NormPool2d(_Scaled, nn.Module):
     Shape:
         (N, C, H, W) -> (N, C, 1, 1).
 
-    Example:
+    Examples:
         >>> ScaledAdaptativeL2NormPool2d()(torch.ones(1, 1, 2, 2)).flatten().tolist()
         [2.0]
     """
@@ -173,7 +173,7 @@ class InvertibleDownSampling(_Scaled, nn.PixelUnshuffle):
         kernel_size: the factor ``s`` (>= 1); H and W must be multiples of it.
         k_coef_lip: the Lipschitz constant.
 
-    Example:
+    Examples:
         >>> InvertibleDownSampling(2)(torch.randn(1, 3, 4, 4)).shape
         torch.Size([1, 12, 2, 2])
     """
@@ -204,7 +204,7 @@ class InvertibleUpSampling(_Scaled, nn.PixelShuffle):
         kernel_size: the factor ``s`` (>= 1); the channels must be a multiple of ``s^2``.
         k_coef_lip: the Lipschitz constant.
 
-    Example:
+    Examples:
         >>> InvertibleUpSampling(2)(torch.randn(1, 12, 2, 2)).shape
         torch.Size([1, 3, 4, 4])
     """

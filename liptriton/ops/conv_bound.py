@@ -69,7 +69,7 @@ def conv_operator_matrix(spec: ConvSpec, weight: Tensor, input_size: tuple[int, 
     Returns:
         A float64 matrix whose column j is the flattened output for the j-th unit input.
 
-    Example:
+    Examples:
         >>> conv = torch.nn.Conv1d(1, 1, 2, bias=False)
         >>> conv_operator_matrix(ConvSpec.from_module(conv), conv.weight, (3,)).shape
         torch.Size([2, 3])
@@ -176,7 +176,7 @@ def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
     Raises:
         ValueError: a bad method or input size.
 
-    Example:
+    Examples:
         >>> conv = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False)
         >>> b = conv_norm_bound(ConvSpec.from_module(conv), conv.weight, (8, 8))
         >>> b.method, b.exact
