@@ -98,16 +98,17 @@ class WeightLayout:
 class LipschitzParametrization(nn.Module):
     """Base class: computes the constrained weight in float32 (autocast off) and caches it in eval.
 
-    In eval mode, outside torch.compile, the constrained weight is computed once and reused
-    while the underlying parameter is unchanged (same storage and version counter). The
-    cache is used when no gradient can flow to the parameter (``no_grad``, or a frozen
-    parameter); otherwise the weight is recomputed so that gradients stay exact.
-
-    Switching to eval mode (``model.eval()``) converges the power-iteration state on the
-    current weight (``n_iters_init`` more steps from the warm state, outside any compiled
-    region): during training the state advances a few steps per forward and lags behind the
-    optimizer, which can push up singular directions it does not track yet; eval outputs,
-    exports and certificates then use a converged estimate.
+    Eval mode costs nothing extra. Switching to eval (``model.eval()``) converges the
+    power-iteration state on the current weight (``n_iters_init`` more steps from the warm
+    state: during training the state advances a few steps per forward and lags behind the
+    optimizer, which can push up singular directions it does not track yet) and computes the
+    constrained weight once. In eval mode, when no gradient can flow to the parameter
+    (``no_grad``, or a frozen parameter), that weight is reused: eagerly while the parameter is
+    unchanged (same storage and version counter; otherwise it is recomputed and the cache
+    updated in place), and inside ``torch.compile`` always (a compiled graph cannot check the
+    version: after changing parameters in eval mode, run one eager forward or call
+    ``model.eval()`` again). With gradients enabled the weight is recomputed, so gradients stay
+    exact.
 
     Subclasses implement :meth:`compute` and :meth:`lipschitz_bound`.
     """
@@ -128,46 +129,61 @@ class LipschitzParametrization(nn.Module):
     def compute(self, w: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, w: Tensor) -> Tensor:
-        cacheable = (
-            not self.training
-            and not torch.compiler.is_compiling()
-            and w.grad_fn is None
-            and not (torch.is_grad_enabled() and w.requires_grad)
-        )
-        if cacheable:
-            key = (w._version, w.data_ptr(), w.dtype, w.device, w.shape)
-            if self._cache is not None and self._cache_key == key:
-                return self._cache
+    def _compute(self, w: Tensor) -> Tensor:
         with torch.autocast(device_type=w.device.type, enabled=False):
-            out = self.compute(w.float() if w.dtype in (torch.float16, torch.bfloat16) else w).to(w.dtype)
-        if cacheable:
-            self._cache, self._cache_key = out.detach(), key
+            return self.compute(w.float() if w.dtype in (torch.float16, torch.bfloat16) else w).to(w.dtype)
+
+    def _store(self, w: Tensor, out: Tensor) -> Tensor:
+        """Keep ``out`` as the eval weight of parameter ``w`` (in place when the cache exists, so
+        that compiled graphs reading it see the new value)."""
+        cache = self._cache
+        out = out.detach()
+        if cache is not None and cache.shape == out.shape and cache.dtype == out.dtype and cache.device == out.device:
+            cache.copy_(out)
         else:
-            self._cache = None
-        return out
+            self._cache = cache = out.clone()
+        self._cache_key = (w._version, w.data_ptr(), w.dtype, w.device, w.shape)
+        return cache
+
+    def forward(self, w: Tensor) -> Tensor:
+        if self.training or (torch.is_grad_enabled() and w.requires_grad) or w.grad_fn is not None:
+            return self._compute(w)
+        cache = self._cache
+        if torch.compiler.is_compiling():
+            if cache is not None and cache.shape == w.shape and cache.dtype == w.dtype and cache.device == w.device:
+                return cache
+            return self._compute(w)
+        if cache is not None and self._cache_key == (w._version, w.data_ptr(), w.dtype, w.device, w.shape):
+            return cache
+        return self._store(w, self._compute(w))
 
     def train(self, mode: bool = True) -> LipschitzParametrization:
-        self._cache = None
         if self.training and not mode:
             self.converge()
+        elif mode:
+            self._cache_key = None  # training changes the parameters: recompute in the next eval
         return super().train(mode)
 
     def converge(self) -> None:
-        """Run extra power-iteration steps on the current weight (no gradient, in place)."""
+        """Converge the power-iteration state on the current weight and cache the eval weight.
+
+        No gradient; the state is updated in place. Called when the model switches to eval.
+        """
         original = getattr(self._owner[0], "original", None) if self._owner else None
+        conv = getattr(self, "conv", None)
+        if original is None or torch.compiler.is_compiling() or (conv is not None and not conv.observed):
+            return  # (a convolution that saw no input yet converges at its first forward)
         states = [m for m in (getattr(self, "state", None), getattr(self, "conv", None)) if m is not None]
-        if original is None or not states or torch.compiler.is_compiling():
-            return
         saved = [m.fresh for m in states]
         for m in states:
             m.fresh = True
         try:
-            with torch.no_grad(), torch.autocast(device_type=original.device.type, enabled=False):
-                self.compute(original.float())
+            with torch.no_grad():
+                out = self._compute(original)
         finally:
             for m, fresh in zip(states, saved):
                 m.fresh = fresh and m.fresh
+        self._store(original, out)
 
 
 def register(module: nn.Module, name: str, parametrization: LipschitzParametrization,
@@ -210,7 +226,10 @@ def _observe_input(name: str, module: nn.Module, args: tuple) -> None:
     for p in plist:
         conv = getattr(p, "conv", None)
         if isinstance(conv, ConvNormState):
+            size = conv.input_size
             conv.observe(args[0])
+            if conv.input_size != size and isinstance(p, LipschitzParametrization):
+                p._cache_key = None  # the eval weight was normalized at another input size
 
 
 def initialize(model: nn.Module, *example_inputs: Tensor) -> nn.Module:
