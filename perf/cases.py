@@ -93,8 +93,11 @@ def _unit_spectral(n: int, m: int | None, device: str) -> Tensor:
 def make_power_iteration(provider: str, n: int, device: str) -> Callable[[], object]:
     torch.manual_seed(0)
     w, u, v = torch.randn(n, n, device=device), torch.randn(n, device=device), torch.randn(n, device=device)
-    fn = _op_fn(provider, lambda w, u, v: ops.power_iteration(w, u, v, 3),
-                lambda w, u, v: ops.power_iteration_reference(w, u, v, 3))
+    fn = _op_fn(
+        provider,
+        lambda w, u, v: ops.power_iteration(w, u, v, 3),
+        lambda w, u, v: ops.power_iteration_reference(w, u, v, 3),
+    )
     return lambda: fn(w, u, v)
 
 
@@ -112,8 +115,11 @@ def make_frobenius(provider: str, n: int, device: str) -> Callable[[], object]:
 
 def make_householder(provider: str, n: int, device: str) -> Callable[[], object]:
     torch.manual_seed(0)
-    fn = _op_fn(provider, lambda v: ops.householder_product(v, n, n),
-                lambda v: ops.householder_product_reference(v, n, n))
+    fn = _op_fn(
+        provider,
+        lambda v: ops.householder_product(v, n, n),
+        lambda v: ops.householder_product_reference(v, n, n),
+    )
     return _fwd_bwd(fn, torch.randn(n, n, device=device))
 
 
@@ -121,15 +127,22 @@ def make_householder(provider: str, n: int, device: str) -> Callable[[], object]
 WEIGHT_SETS = {
     "tiny": [(4, 9), (4, 36), (1, 16)],
     "net-a": [(32, 9), (32, 288), (32, 288), (32, 288), (256, 1568), (1, 256)],
-    "net-b": [(32, 27)] + [(32, 288)] * 2 + [(64, 288)] + [(64, 576)] * 2 + [(128, 576)]
-    + [(128, 1152)] * 2 + [(10, 128)],
+    "net-b": [(32, 27)]
+    + [(32, 288)] * 2
+    + [(64, 288)]
+    + [(64, 576)] * 2
+    + [(128, 576)]
+    + [(128, 1152)] * 2
+    + [(10, 128)],
 }
 
 
 def make_bjorck_grouped(provider: str, name: str, device: str) -> Callable[[], object]:
     torch.manual_seed(0)
     ws = [_unit_spectral(m, n, device).requires_grad_(True) for m, n in WEIGHT_SETS[name]]
-    fn = _op_fn(provider, lambda ws: ops.bjorck_grouped(ws, 15), lambda ws: ops.bjorck_grouped_reference(ws, 15))
+    fn = _op_fn(
+        provider, lambda ws: ops.bjorck_grouped(ws, 15), lambda ws: ops.bjorck_grouped_reference(ws, 15)
+    )
     gs = [torch.randn_like(w) for w in ws]
 
     def call() -> tuple[Tensor, ...]:
@@ -154,8 +167,11 @@ def _activation(kind: str) -> Callable[[str, tuple, str], Callable[[], object]]:
 
             fn = torchlip.GroupSort2() if kind == "groupsort2" else torchlip.MaxMin()
         elif provider == "torch-ref":
-            fn = (lambda t: ops.group_sort_reference(t, 2, 1)) if kind == "groupsort2" else (
-                lambda t: ops.max_min_reference(t, 1))
+            fn = (
+                (lambda t: ops.group_sort_reference(t, 2, 1))
+                if kind == "groupsort2"
+                else (lambda t: ops.max_min_reference(t, 1))
+            )
         else:
             fn = liptriton.GroupSort2() if kind == "groupsort2" else liptriton.MaxMin()
         return _fwd_bwd(_compiled(fn, provider), x)
@@ -222,41 +238,122 @@ def _widths(tiny: list, quick: list, cpu: list, cuda: list) -> dict[str, dict[st
 
 
 _W_ALL = [32, 64, 128, 256, 512, 1024, 2048, 4096]
-_ACT_SHAPES = _widths([(2, 8, 4, 4)], [(64, 32, 28, 28)], [(64, 32, 28, 28), (128, 128, 16, 16)],
-                      [(64, 32, 28, 28), (128, 128, 16, 16), (256, 256, 32, 32)])
+_ACT_SHAPES = _widths(
+    [(2, 8, 4, 4)],
+    [(64, 32, 28, 28)],
+    [(64, 32, 28, 28), (128, 128, 16, 16)],
+    [(64, 32, 28, 28), (128, 128, 16, 16), (256, 256, 32, 32)],
+)
 _LOSS_N = _widths([8], [1024], [1024, 65536], [1024, 65536, 1 << 20])
 # networks: (batch, image side, first width)
 # (quick: network (a) training step only, at 16x16 inputs: liptriton's setup converges every
 # conv operator norm, which takes most of a minute at 28x28 on a shared CPU)
-_NET = {"a": _widths([(2, 8, 4)], [(64, 16, 32)], [(64, 28, 32)], [(64, 28, 32)]),
-        "b": _widths([(2, 8, 4)], [], [(128, 32, 32)], [(128, 32, 32)])}
-_NET_EVAL = {"a": _widths([(2, 8, 4)], [], [(64, 28, 32)], [(64, 28, 32)]),
-             "b": _widths([(2, 8, 4)], [], [(128, 32, 32)], [(128, 32, 32)])}
+_NET = {
+    "a": _widths([(2, 8, 4)], [(64, 16, 32)], [(64, 28, 32)], [(64, 28, 32)]),
+    "b": _widths([(2, 8, 4)], [], [(128, 32, 32)], [(128, 32, 32)]),
+}
+_NET_EVAL = {
+    "a": _widths([(2, 8, 4)], [], [(64, 28, 32)], [(64, 28, 32)]),
+    "b": _widths([(2, 8, 4)], [], [(128, 32, 32)], [(128, 32, 32)]),
+}
 
 NET_PROVIDERS = P.NET_PROVIDERS
 EVAL_PROVIDERS = [p for p in NET_PROVIDERS if p != "unconstrained-relu"]
 
 CASES: list[Case] = [
-    Case("power_iteration", "op", "fwd", _widths([8], [64, 256], [32, 128, 512, 1024], _W_ALL), OP_PROVIDERS,
-         "torch-ref", make_power_iteration, compile_max=1024),
-    Case("bjorck", "op", "fwd+bwd", _widths([8], [64, 256], [32, 128, 512], _W_ALL), OP_PROVIDERS,
-         "torch-ref", make_bjorck, compile_max=512),
-    Case("frobenius", "op", "fwd+bwd", _widths([8], [64, 256], [32, 128, 512, 1024], _W_ALL), OP_PROVIDERS,
-         "torch-ref", make_frobenius, compile_max=1024),
-    Case("householder", "op", "fwd+bwd", _widths([8], [32, 64], [32, 64, 128, 256], _W_ALL[:5]),
-         OP_PROVIDERS, "torch-ref", make_householder, compile_max=32),
-    Case("bjorck_grouped", "op", "fwd+bwd", _widths(["tiny"], ["net-a"], ["net-a", "net-b"], ["net-a", "net-b"]),
-         OP_PROVIDERS, "torch-ref", make_bjorck_grouped),
-    Case("groupsort2", "activation", "fwd+bwd", _ACT_SHAPES, ACT_PROVIDERS, "relu", _activation("groupsort2")),
+    Case(
+        "power_iteration",
+        "op",
+        "fwd",
+        _widths([8], [64, 256], [32, 128, 512, 1024], _W_ALL),
+        OP_PROVIDERS,
+        "torch-ref",
+        make_power_iteration,
+        compile_max=1024,
+    ),
+    Case(
+        "bjorck",
+        "op",
+        "fwd+bwd",
+        _widths([8], [64, 256], [32, 128, 512], _W_ALL),
+        OP_PROVIDERS,
+        "torch-ref",
+        make_bjorck,
+        compile_max=512,
+    ),
+    Case(
+        "frobenius",
+        "op",
+        "fwd+bwd",
+        _widths([8], [64, 256], [32, 128, 512, 1024], _W_ALL),
+        OP_PROVIDERS,
+        "torch-ref",
+        make_frobenius,
+        compile_max=1024,
+    ),
+    Case(
+        "householder",
+        "op",
+        "fwd+bwd",
+        _widths([8], [32, 64], [32, 64, 128, 256], _W_ALL[:5]),
+        OP_PROVIDERS,
+        "torch-ref",
+        make_householder,
+        compile_max=32,
+    ),
+    Case(
+        "bjorck_grouped",
+        "op",
+        "fwd+bwd",
+        _widths(["tiny"], ["net-a"], ["net-a", "net-b"], ["net-a", "net-b"]),
+        OP_PROVIDERS,
+        "torch-ref",
+        make_bjorck_grouped,
+    ),
+    Case(
+        "groupsort2", "activation", "fwd+bwd", _ACT_SHAPES, ACT_PROVIDERS, "relu", _activation("groupsort2")
+    ),
     Case("maxmin", "activation", "fwd+bwd", _ACT_SHAPES, ACT_PROVIDERS, "relu", _activation("maxmin")),
     Case("hkr", "loss", "fwd+bwd", _LOSS_N, LOSS_PROVIDERS, "torch-ref", make_hkr),
     Case("hkr_multiclass", "loss", "fwd+bwd", _LOSS_N, LOSS_PROVIDERS, "torch-ref", make_hkr_multiclass),
-    Case("net_a", "network", "train-step", _NET["a"], NET_PROVIDERS, "unconstrained-compiled", _network("a", "train-step"),
-         reference=None),
-    Case("net_b", "network", "train-step", _NET["b"], NET_PROVIDERS, "unconstrained-compiled", _network("b", "train-step"),
-         reference=None),
-    Case("net_a_eval", "network", "eval", _NET_EVAL["a"], EVAL_PROVIDERS, "unconstrained-compiled", _network("a", "eval"),
-         reference=None),
-    Case("net_b_eval", "network", "eval", _NET_EVAL["b"], EVAL_PROVIDERS, "unconstrained-compiled", _network("b", "eval"),
-         reference=None),
+    Case(
+        "net_a",
+        "network",
+        "train-step",
+        _NET["a"],
+        NET_PROVIDERS,
+        "unconstrained-compiled",
+        _network("a", "train-step"),
+        reference=None,
+    ),
+    Case(
+        "net_b",
+        "network",
+        "train-step",
+        _NET["b"],
+        NET_PROVIDERS,
+        "unconstrained-compiled",
+        _network("b", "train-step"),
+        reference=None,
+    ),
+    Case(
+        "net_a_eval",
+        "network",
+        "eval",
+        _NET_EVAL["a"],
+        EVAL_PROVIDERS,
+        "unconstrained-compiled",
+        _network("a", "eval"),
+        reference=None,
+    ),
+    Case(
+        "net_b_eval",
+        "network",
+        "eval",
+        _NET_EVAL["b"],
+        EVAL_PROVIDERS,
+        "unconstrained-compiled",
+        _network("b", "eval"),
+        reference=None,
+    ),
 ]

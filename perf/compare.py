@@ -84,10 +84,20 @@ def compare(rows: list[dict], base_rev: str | None = None, threshold: float = 0.
             status = "faster"
         else:
             status = "ok"
-        table.append({"case": key[0], "shape": key[1], "provider": key[2], "baseline": r["baseline"],
-                      "base_ratio": old, "new_ratio": r["ratio"] if r["correct"] else math.nan,
-                      "change": change if r["correct"] else math.nan, "status": status,
-                      "new_run": new_id, "base_run": base[0] if base else None})
+        table.append(
+            {
+                "case": key[0],
+                "shape": key[1],
+                "provider": key[2],
+                "baseline": r["baseline"],
+                "base_ratio": old,
+                "new_ratio": r["ratio"] if r["correct"] else math.nan,
+                "change": change if r["correct"] else math.nan,
+                "status": status,
+                "new_run": new_id,
+                "base_run": base[0] if base else None,
+            }
+        )
     return table, code
 
 
@@ -97,9 +107,13 @@ def _f(x: float) -> str:
 
 def format_table(table: list[dict]) -> str:
     """A markdown table of :func:`compare`'s rows."""
-    lines = ["| case | shape | provider | baseline | base ratio | new ratio | change | status |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| case | shape | provider | baseline | base ratio | new ratio | change | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for t in table:
-        lines.append(f"| {t['case']} | {t['shape']} | {t['provider']} | {t['baseline']} | {_f(t['base_ratio'])} "
-                     f"| {_f(t['new_ratio'])} | {_f(t['change'])} | {t['status']} |")
+        lines.append(
+            f"| {t['case']} | {t['shape']} | {t['provider']} | {t['baseline']} | {_f(t['base_ratio'])} "
+            f"| {_f(t['new_ratio'])} | {_f(t['change'])} | {t['status']} |"
+        )
     return "\n".join(lines)

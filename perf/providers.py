@@ -32,8 +32,16 @@ import liptriton
 
 __all__ = ["NET_PROVIDERS", "build_network", "has_torchlip", "make_eval", "make_step", "provider_context"]
 
-NET_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "torch-ref-compiled", "deel-torchlip",
-                 "unconstrained", "unconstrained-compiled", "unconstrained-relu"]
+NET_PROVIDERS = [
+    "liptriton",
+    "liptriton-compiled",
+    "torch-ref",
+    "torch-ref-compiled",
+    "deel-torchlip",
+    "unconstrained",
+    "unconstrained-compiled",
+    "unconstrained-relu",
+]
 
 
 def has_torchlip() -> bool:
@@ -66,9 +74,20 @@ def network_a(kind: str, width: int = 32, image: int = 28) -> nn.Module:
     """The usage-page network: 4 conv (width channels) + 2 linear, GroupSort2 between layers."""
     conv, lin, act = _layers(kind)
     return nn.Sequential(
-        conv(1, width, 3, padding=1), act(), conv(width, width, 3, padding=1), act(), nn.MaxPool2d(2),
-        conv(width, width, 3, padding=1), act(), conv(width, width, 3, padding=1), act(), nn.MaxPool2d(2),
-        nn.Flatten(), lin(width * (image // 4) ** 2, 256), act(), lin(256, 1),
+        conv(1, width, 3, padding=1),
+        act(),
+        conv(width, width, 3, padding=1),
+        act(),
+        nn.MaxPool2d(2),
+        conv(width, width, 3, padding=1),
+        act(),
+        conv(width, width, 3, padding=1),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        lin(width * (image // 4) ** 2, 256),
+        act(),
+        lin(256, 1),
     )
 
 
@@ -103,8 +122,9 @@ def _constrain(net: nn.Module) -> nn.Module:
     return net
 
 
-def build_network(name: str, provider: str, batch: int, seed: int = 0, image: int | None = None,
-                  width: int | None = None) -> tuple[nn.Module, Tensor, Tensor]:
+def build_network(
+    name: str, provider: str, batch: int, seed: int = 0, image: int | None = None, width: int | None = None
+) -> tuple[nn.Module, Tensor, Tensor]:
     """Build network ``name`` ('a' or 'b') for ``provider`` with a batch of inputs and labels.
 
     Args:
@@ -144,8 +164,11 @@ def _loss_fn(name: str, provider: str) -> Callable[[Tensor, Tensor], Tensor]:
     if provider == "deel-torchlip":
         from deel import torchlip
 
-        return torchlip.HKRLoss(alpha=0.9, min_margin=1.0) if name == "a" else torchlip.HKRMulticlassLoss(
-            alpha=0.9, min_margin=1.0)
+        return (
+            torchlip.HKRLoss(alpha=0.9, min_margin=1.0)
+            if name == "a"
+            else torchlip.HKRMulticlassLoss(alpha=0.9, min_margin=1.0)
+        )
     if name == "a":
         return liptriton.HKRLoss(alpha=0.9, min_margin=1.0)
     return liptriton.HKRMulticlassLoss(alpha=0.9, min_margin=1.0)
@@ -168,6 +191,7 @@ def make_step(name: str, provider: str, batch: int, **sizes: int) -> tuple[Calla
         return loss_fn(net(x), y)
 
     body = torch.compile(fwd_loss, fullgraph=True) if provider.endswith("-compiled") else fwd_loss
+
     def step() -> Tensor:
         with provider_context(provider):
             opt.zero_grad(set_to_none=True)

@@ -37,8 +37,9 @@ def history_path(device: str) -> Path:
 def _git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev
@@ -64,9 +65,14 @@ def environment(device: str) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return {"device": device, "device_name": _device_name(device), "torch": torch.__version__,
-            "triton": triton_version, "commit": _git_commit(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "device": device,
+        "device_name": _device_name(device),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "commit": _git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _tensors(out: object) -> list[torch.Tensor]:
@@ -95,8 +101,9 @@ def _grads_alive(module: torch.nn.Module | None) -> bool:
     if module is None:
         return True
     grads = [p.grad for n, p in module.named_parameters() if n.endswith(("weight", "original"))]
-    return bool(grads) and all(g is not None and bool(torch.isfinite(g).all()) and bool(g.abs().max() > 0)
-                               for g in grads)
+    return bool(grads) and all(
+        g is not None and bool(torch.isfinite(g).all()) and bool(g.abs().max() > 0) for g in grads
+    )
 
 
 def _providers(case: Case, size: object, suite: str, device: str) -> list[str]:
@@ -120,8 +127,16 @@ def _reference_of(case: Case, provider: str) -> str:
     return case.reference
 
 
-def run_case(case: Case, size: object, suite: str, device: str, reps: int, budget_s: float,
-             log=print, providers: list[str] | None = None) -> list[dict]:
+def run_case(
+    case: Case,
+    size: object,
+    suite: str,
+    device: str,
+    reps: int,
+    budget_s: float,
+    log=print,
+    providers: list[str] | None = None,
+) -> list[dict]:
     """Check and time every provider of ``case`` at ``size``; return the rows (without env)."""
     fns, outs, setup, errors, modules = {}, {}, {}, {}, {}
     for p in _providers(case, size, suite, device):
@@ -142,29 +157,56 @@ def run_case(case: Case, size: object, suite: str, device: str, reps: int, budge
     correct = {}
     for p in fns:
         ref = _reference_of(case, p)
-        ok = _close(outs[p], outs[ref]) if ref in outs and ref != p else bool(
-            all(torch.isfinite(t).all() for t in _tensors(outs[p])))
+        ok = (
+            _close(outs[p], outs[ref])
+            if ref in outs and ref != p
+            else bool(all(torch.isfinite(t).all() for t in _tensors(outs[p])))
+        )
         if case.mode == "train-step":
             ok = ok and _grads_alive(modules[p])
         correct[p] = ok
-    times = timing.time_cuda_all(fns) if device == "cuda" else timing.time_interleaved(
-        fns, reps=reps, warmup=1 if suite != "tiny" else 0, budget_s=budget_s)
+    times = (
+        timing.time_cuda_all(fns)
+        if device == "cuda"
+        else timing.time_interleaved(fns, reps=reps, warmup=1 if suite != "tiny" else 0, budget_s=budget_s)
+    )
     rows = []
     for p in list(fns) + list(errors):
         med, p20, p80 = times.get(p, (math.nan,) * 3)
         peak = None
         if p in fns and (device == "cuda" or case.group == "network") and suite != "tiny":
             peak = timing.peak_memory(fns[p], device)
-        rows.append({"case": case.name, "group": case.group, "mode": case.mode, "provider": p,
-                     "baseline": case.baseline, "shape": case.shape_of(size), "dtype": "float32",
-                     "median_ms": med, "p20_ms": p20, "p80_ms": p80, "peak_bytes": peak,
-                     "setup_s": round(setup[p], 3), "correct": correct.get(p, False), "error": errors.get(p)})
+        rows.append(
+            {
+                "case": case.name,
+                "group": case.group,
+                "mode": case.mode,
+                "provider": p,
+                "baseline": case.baseline,
+                "shape": case.shape_of(size),
+                "dtype": "float32",
+                "median_ms": med,
+                "p20_ms": p20,
+                "p80_ms": p80,
+                "peak_bytes": peak,
+                "setup_s": round(setup[p], 3),
+                "correct": correct.get(p, False),
+                "error": errors.get(p),
+            }
+        )
     return rows
 
 
-def run(suite: str = "quick", device: str = "cpu", only: list[str] | None = None, out: Path | None = None,
-        reps: int | None = None, log=print, run_id: str | None = None,
-        providers: list[str] | None = None) -> list[dict]:
+def run(
+    suite: str = "quick",
+    device: str = "cpu",
+    only: list[str] | None = None,
+    out: Path | None = None,
+    reps: int | None = None,
+    log=print,
+    run_id: str | None = None,
+    providers: list[str] | None = None,
+) -> list[dict]:
     """Run ``suite`` on ``device`` and append its rows to the device's history.
 
     Args:
@@ -198,12 +240,17 @@ def run(suite: str = "quick", device: str = "cpu", only: list[str] | None = None
         budget = 5.0 if suite == "tiny" else (60.0 if case.group == "network" else 15.0)
         for size in sizes_for(case, suite, device):
             t0 = time.perf_counter()
-            case_rows = [{**env, **r} for r in run_case(case, size, suite, device, reps, budget, log, providers)]
+            case_rows = [
+                {**env, **r} for r in run_case(case, size, suite, device, reps, budget, log, providers)
+            ]
             rows += case_rows
             base = {r["provider"]: r["median_ms"] for r in case_rows}.get(case.baseline)
-            summary = ", ".join(f"{r['provider']}={r['median_ms']:.3g}ms" + ("" if r["correct"] else "(FAIL)")
-                                for r in case_rows)
-            log(f"{case.name}[{size}] ({time.perf_counter() - t0:.0f}s; baseline {case.baseline}={base}): {summary}")
+            summary = ", ".join(
+                f"{r['provider']}={r['median_ms']:.3g}ms" + ("" if r["correct"] else "(FAIL)")
+                for r in case_rows
+            )
+            took = time.perf_counter() - t0
+            log(f"{case.name}[{size}] ({took:.0f}s; baseline {case.baseline}={base}): {summary}")
             if out is None or str(out) != "-":
                 path = Path(out) if out is not None else history_path(device)
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
-                     device: str = "cpu", budget_s: float | None = None) -> dict[str, tuple[float, float, float]]:
-    """Time several callables round-robin (one call of each per round) with the wall clock.
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    reps: int,
+    warmup: int = 1,
+    device: str = "cpu",
+    budget_s: float | None = None,
+) -> dict[str, tuple[float, float, float]]:
+    """Time several callables round-robin (one call of each per round, the order rotated every
+    round) with the wall clock.
 
     Args:
         fns: provider name -> zero-argument callable (one benchmark call).
@@ -63,8 +69,12 @@ def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: in
             fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
+    names = list(fns)
     for r in range(reps):
-        for name, fn in fns.items():
+        # rotate the order every round: the first call of a round is slower (measured up to 3x
+        # on CPU), and a fixed order would always charge that to the same provider
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn = fns[name]
             _sync(device)
             t0 = time.perf_counter()
             fn()

@@ -28,19 +28,44 @@ def tiny_rows(tmp_path_factory) -> tuple[list[dict], Path]:
     quiet = lambda *a: None
     ops = [c.name for c in CASES if c.group != "network"]
     rows = run("tiny", "cpu", ops, path, reps=1, log=quiet, run_id="smoke")
-    rows += run("tiny", "cpu", ["net_a", "net_a_eval"], path, reps=1, log=quiet, run_id="smoke",
-                providers=NETWORK_PROVIDERS)
+    rows += run(
+        "tiny",
+        "cpu",
+        ["net_a", "net_a_eval"],
+        path,
+        reps=1,
+        log=quiet,
+        run_id="smoke",
+        providers=NETWORK_PROVIDERS,
+    )
     return rows, path
 
 
 def test_every_case_runs_and_passes_its_check(tiny_rows):
     rows, path = tiny_rows
-    assert {r["case"] for r in rows} == {c.name for c in CASES if c.group != "network"} | {"net_a", "net_a_eval"}
+    assert {r["case"] for r in rows} == {c.name for c in CASES if c.group != "network"} | {
+        "net_a",
+        "net_a_eval",
+    }
     bad = [(r["case"], r["provider"], r["error"]) for r in rows if r["error"] or not r["correct"]]
     assert not bad
     assert all(r["median_ms"] > 0 for r in rows)
-    keys = {"case", "provider", "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "peak_bytes", "device_name",
-            "torch", "triton", "commit", "date", "correct"}
+    keys = {
+        "case",
+        "provider",
+        "shape",
+        "dtype",
+        "median_ms",
+        "p20_ms",
+        "p80_ms",
+        "peak_bytes",
+        "device_name",
+        "torch",
+        "triton",
+        "commit",
+        "date",
+        "correct",
+    }
     assert keys <= set(rows[0])
     assert len(path.read_text().splitlines()) == len(rows)
 
