@@ -144,12 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 when every check passes (no certified prediction flips, the reloaded model agrees).
     """
+    args = _parse(argv)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _run(args)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _run(args: argparse.Namespace) -> int:
     import liptriton
     from liptriton.metrics import certified_radius, certified_robust_accuracy
 
-    args = _parse(argv)
     torch.manual_seed(args.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     device, start = args.device, time.perf_counter()
     x_train, y_train, x_test, y_test = (t.to(device) for t in load_digits(args.seed))
     print(f"digits: {len(y_train)} train / {len(y_test)} test images of 8x8, 10 classes")
