@@ -134,6 +134,10 @@ def targets(run_rows: list[dict]) -> list[dict]:
     return out
 
 
+def _limit(t: dict) -> str:
+    return "-" if t["op"] == "info" else f"{t['op']} {t['limit']}"
+
+
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
 
@@ -230,7 +234,7 @@ def render_markdown(sections: dict[str, tuple[list[dict], list[str]]]) -> str:
     for device, (run_rows, charts) in sections.items():
         env = run_rows[0]
         parts += [
-            f"## Latest {device} run",
+            f"## Latest {device} run" if "partial" not in device else f"## {device}",
             "",
             (
                 f"Run `{env['run_id']}` on {env['device_name']}, torch {env['torch']}, "
@@ -244,9 +248,7 @@ def render_markdown(sections: dict[str, tuple[list[dict], list[str]]]) -> str:
         ]
         for t in targets(run_rows):
             met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
-            parts.append(
-                f"| {t['target']} | {_fmt(t['measured'])} | {t['op']} {t['limit']} | {met} | {t['how']} |"
-            )
+            parts.append(f"| {t['target']} | {_fmt(t['measured'])} | {_limit(t)} | {met} | {t['how']} |")
         if charts:
             parts += ["", "### Charts", ""] + [f"![{c}]({c})" for c in charts]
         parts += ["", "### Table", "", latest_table(run_rows), ""]

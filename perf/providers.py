@@ -190,7 +190,11 @@ def make_step(name: str, provider: str, batch: int, **sizes: int) -> tuple[Calla
     def fwd_loss() -> Tensor:
         return loss_fn(net(x), y)
 
-    body = torch.compile(fwd_loss, fullgraph=True) if provider.endswith("-compiled") else fwd_loss
+    # dynamic=False: the code object of fwd_loss is shared by every network of the process, and
+    # automatic dynamic shapes on the second one hit an Inductor error (torch 2.13, CPU)
+    body = (
+        torch.compile(fwd_loss, fullgraph=True, dynamic=False) if provider.endswith("-compiled") else fwd_loss
+    )
 
     def step() -> Tensor:
         with provider_context(provider):
@@ -211,7 +215,7 @@ def make_eval(name: str, provider: str, batch: int, **sizes: int) -> tuple[Calla
     """
     net, x, _ = build_network(name, provider, batch, **sizes)
     net.eval()
-    body = torch.compile(net, fullgraph=True) if provider.endswith("-compiled") else net
+    body = torch.compile(net, fullgraph=True, dynamic=False) if provider.endswith("-compiled") else net
 
     def forward() -> Tensor:
         with provider_context(provider), torch.no_grad():
