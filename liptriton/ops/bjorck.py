@@ -180,7 +180,32 @@ def bjorck(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5) -> T
     _check(w, n_iters)
     if use_triton(w):
         return torch.ops.liptriton.bjorck(w, n_iters, order, float(beta))
+    if torch.is_grad_enabled() and w.requires_grad:
+        return _BjorckRecompute.apply(w, n_iters, order, beta)
     return bjorck_reference(w, n_iters, order, beta)
+
+
+class _BjorckRecompute(torch.autograd.Function):
+    """The torch path with the kernels' memory behaviour: the forward saves only ``w`` (no
+    iterates, no Gram matrices); the backward recomputes the iterates
+    (:func:`bjorck_vjp_reference`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(w: Tensor, n_iters: int, order: int, beta: float) -> Tensor:
+        return bjorck_reference(w, n_iters, order, beta)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        w, n_iters, order, beta = inputs
+        ctx.save_for_backward(w)
+        ctx.args = (n_iters, order, beta)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (w,) = ctx.saved_tensors
+        return bjorck_vjp_reference(w, grad, *ctx.args), None, None, None
 
 
 if HAS_TRITON:
