@@ -85,3 +85,7 @@ from liptriton.certify import Certificate, certify  # noqa: E402
 from liptriton.convert import ConversionReport, lipschitzify  # noqa: E402
 
 __all__ += ["lipschitzify", "ConversionReport", "certify", "Certificate"]
+
+from liptriton import utils  # noqa: E402
+
+__all__ += ["utils"]
