@@ -1,10 +1,10 @@
-"""What every Lipschitz parametrization shares: validation, float32 math, the eval cache,
-the matrix view of a layer's weight, and the state that tracks a convolution's operator norm."""
+"""What every Lipschitz parametrization shares: validation, the matrix view of a layer's
+weight, float32 math and the eval cache, and the registration (with the input-size hook)."""
 
 from __future__ import annotations
 
-import math
 import functools
+import math
 
 import torch
 from torch import Tensor, nn
@@ -62,10 +62,10 @@ class WeightLayout:
         tensor = getattr(module, name, None) if isinstance(name, str) else None
         if not isinstance(tensor, Tensor):
             raise ValueError(f"{owner}: module {mod} has no tensor named {name!r} (expected e.g. 'weight')")
-        if not tensor.is_floating_point():
-            raise TypeError(f"{owner}: {mod}.{name} must be a floating-point tensor, got dtype {tensor.dtype}")
         if isinstance(tensor, nn.parameter.UninitializedParameter):
             raise ValueError(f"{owner}: {mod}.{name} is not initialized yet (lazy module): run one forward first")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{owner}: {mod}.{name} must be a floating-point tensor, got dtype {tensor.dtype}")
         self.shape = tuple(tensor.shape)
         self.spec: ConvSpec | None = None
         if isinstance(module, _CONV_TYPES) and name == "weight":
