@@ -29,19 +29,16 @@ from liptriton._files import (
     versions,
     write,
 )
-from liptriton.ops.bjorck import bjorck as bjorck_op
 from liptriton.ops.conv_operator import conv_operator_norm
 from liptriton.parametrizations._base import (
     ConvNormState,
     LipschitzParametrization,
-    MatrixNormState,
     check_iters,
 )
 from liptriton.parametrizations.bjorck import Bjorck
 
 __all__ = ["FORMAT_VERSION", "bake", "load", "load_metadata", "save"]
 
-_MAX_EXTRA_BJORCK = 64  # cap of the extra Björck steps taken while they make the weight more orthogonal
 
 
 # ----------------------------------------------------------------------------------------------- bake
@@ -98,54 +95,15 @@ def _observe(model: nn.Module, example_input: Tensor | tuple) -> None:
             h.remove()
 
 
-def _orth_error(q: Tensor) -> float:
-    q = q.double()
-    g = q @ q.mT if q.shape[-2] <= q.shape[-1] else q.mT @ q
-    return float((g - torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)).norm(dim=(-2, -1)).max())
-
-
-def _extra_bjorck_steps(p: Bjorck, w: Tensor) -> int:
-    """Björck steps beyond ``p.n_iters`` that keep reducing ``||Q^T Q - I||`` (each step keeps every
-    singular value <= 1, so the bound is unchanged)."""
-    wb = p.layout.to_batch(w)
-    sigma = p.state.norm(wb, update=False)
-    q = bjorck_op(wb / sigma[:, None, None], p.n_iters, p.order, p.beta)
-    err, extra = _orth_error(q), 0
-    while extra < _MAX_EXTRA_BJORCK and err > 0:
-        q1 = bjorck_op(q, 1, p.order, p.beta)
-        err1 = _orth_error(q1)
-        if not err1 < err:  # in exact arithmetic every singular value moves towards 1: stop at the float floor
-            break
-        q, err, extra = q1, err1, extra + 1
-    return extra
-
-
 def _converge(p: LipschitzParametrization, w: Tensor, steps: int | None) -> None:
-    """Re-run the power iterations of ``p`` (``steps``, else its ``n_iters_init``) from its current state."""
+    """Re-run the power iterations of ``p`` (``steps``, else its ``n_iters_init``) from its current
+    state; Björck layers also take the extra steps that still make the weight more orthogonal."""
     w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
-
-    def run(states: list) -> None:
-        saved = [s.n_iters_init for s in states]
-        for s in states:
-            s.fresh = True
-            s.n_iters_init = steps or s.n_iters_init
-        try:
-            with torch.autocast(device_type=w.device.type, enabled=False):
-                p.compute(w)
-        finally:
-            for s, n in zip(states, saved):
-                s.n_iters_init = n
-
-    states = [s for s in (getattr(p, "state", None), getattr(p, "conv", None))
-              if isinstance(s, (MatrixNormState, ConvNormState))]
-    if states:
-        run(states)
+    p.converge_states(w, steps)
     if isinstance(p, Bjorck):
-        extra = _extra_bjorck_steps(p, w)
-        if extra:
-            p.n_iters += extra
-            if isinstance(getattr(p, "conv", None), ConvNormState):
-                run([p.conv])  # the operator norm of the more orthogonal kernel
+        p.eval_extra = p.extra_steps(w)
+        if p.eval_extra and isinstance(getattr(p, "conv", None), ConvNormState):
+            p.converge_states(w, steps)  # the operator norm of the more orthogonal kernel
     p._cache = None
 
 
@@ -204,7 +162,7 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
                             entry["input_size_observed"] = bool(conv.observed)
                             entry["_conv"] = (conv.spec, conv.x[:1].float().clone())
                         if isinstance(p, Bjorck):
-                            entry["bjorck_iters"] = p.n_iters
+                            entry["bjorck_iters"] = p.n_iters + p.eval_extra
                     if x is not None:
                         x = p(x)
                 if entry["k"] is not None:

@@ -60,16 +60,17 @@ def test_eval_caches_until_parameter_changes():
     calls = []
     compute = p.compute
     p.compute = lambda w: calls.append(1) or compute(w)
-    layer.eval()  # converges the state and computes the eval weight once
-    assert len(calls) == 1
+    layer.eval()  # converges the state and computes the eval weight
+    at_switch = len(calls)
+    assert at_switch >= 1
     with torch.no_grad():
         first = layer.weight.clone()
         layer(torch.randn(3, 16))
         layer(torch.randn(3, 16))
-        assert len(calls) == 1  # reused
+        assert len(calls) == at_switch  # reused
         layer.parametrizations.weight.original.add_(0.01)
         changed = layer.weight
-        assert len(calls) == 2 and not torch.equal(changed, first)
+        assert len(calls) == at_switch + 1 and not torch.equal(changed, first)
     assert_close(changed, liptriton.ops.bjorck(changed, 1), iterative=True)  # a converged weight is a fixed point
 
 

@@ -158,11 +158,13 @@ class LipschitzParametrization(nn.Module):
         return self._store(w, self._compute(w))
 
     def train(self, mode: bool = True) -> LipschitzParametrization:
-        if self.training and not mode:
-            self.converge()
+        was_training = self.training
+        super().train(mode)
+        if was_training and not mode:
+            self.converge()  # in eval mode already: the eval weight uses the eval iteration counts
         elif mode:
             self._cache_key = None  # training changes the parameters: recompute in the next eval
-        return super().train(mode)
+        return self
 
     def converge(self) -> None:
         """Converge the power-iteration state on the current weight and cache the eval weight.
@@ -173,17 +175,22 @@ class LipschitzParametrization(nn.Module):
         conv = getattr(self, "conv", None)
         if original is None or torch.compiler.is_compiling() or (conv is not None and not conv.observed):
             return  # (a convolution that saw no input yet converges at its first forward)
+        self.converge_states(original)
+        with torch.no_grad():
+            self._store(original, self._compute(original))
+
+    def converge_states(self, original: Tensor, steps: int | None = None) -> None:
+        """Run ``steps`` (default: each state's ``n_iters_init``) power steps on the weight."""
         states = [m for m in (getattr(self, "state", None), getattr(self, "conv", None)) if m is not None]
-        saved = [m.fresh for m in states]
+        saved = [(m.fresh, m.n_iters_init) for m in states]
         for m in states:
-            m.fresh = True
+            m.fresh, m.n_iters_init = True, steps or m.n_iters_init
         try:
             with torch.no_grad():
-                out = self._compute(original)
+                self._compute(original)
         finally:
-            for m, fresh in zip(states, saved):
-                m.fresh = fresh and m.fresh
-        self._store(original, out)
+            for m, (_, n_init) in zip(states, saved):
+                m.n_iters_init = n_init
 
 
 def register(module: nn.Module, name: str, parametrization: LipschitzParametrization,

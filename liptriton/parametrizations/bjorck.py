@@ -58,6 +58,7 @@ class Bjorck(LipschitzParametrization):
         self.layout = layout
         self.n_iters, self.order, self.beta = n_iters, order, beta
         self.n_iters_train = min(n_iters, 5) if n_iters_train is None else n_iters_train
+        self.eval_extra = 0  # steps beyond n_iters in eval, chosen when switching to eval
         self.state = MatrixNormState(layout.batch_shape, power_iters, power_iters_init, device)
         if layout.is_conv:
             self.conv = ConvNormState(layout.spec, in_channels, input_size, power_iters, power_iters_init,
@@ -73,6 +74,44 @@ class Bjorck(LipschitzParametrization):
         u, _, vh = torch.linalg.svd(wb, full_matrices=False)
         return self.layout.from_batch(u @ vh).to(w.dtype)
 
+    MAX_EXTRA = 64
+
+    def extra_steps(self, w: Tensor) -> int:
+        """Björck steps beyond ``n_iters`` that keep reducing ``||Q^T Q - I||`` (at most 64; each
+        step keeps every singular value <= 1, so the bound is unchanged). Eager, no gradient."""
+        def error(q: Tensor) -> float:
+            q = q.double()
+            g = q @ q.mT if q.shape[-2] <= q.shape[-1] else q.mT @ q
+            return float((g - torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)).norm(dim=(-2, -1)).max())
+
+        with torch.no_grad():
+            wb = self.layout.to_batch(w.float())
+            sigma = torch.maximum(self.state.norm(wb, update=False),
+                                  gram_spectral_bound(wb, 3) / (2.0 if self.order == 1 else 1.0))
+            q = bjorck_op(wb / sigma[:, None, None], self.n_iters, self.order, self.beta)
+            err, extra = error(q), 0
+            while extra < self.MAX_EXTRA and err > 0:
+                q1 = bjorck_op(q, 1, self.order, self.beta)
+                err1 = error(q1)
+                if not err1 < err:  # every singular value moves towards 1: stop at the float floor
+                    break
+                q, err, extra = q1, err1, extra + 1
+        return extra
+
+    def converge(self) -> None:
+        """At the switch to eval: converge the power iterations, choose the extra Björck steps
+        that still make the weight more orthogonal, and cache the eval weight."""
+        original = getattr(self._owner[0], "original", None) if self._owner else None
+        conv = getattr(self, "conv", None)
+        if original is None or torch.compiler.is_compiling() or (conv is not None and not conv.observed):
+            return
+        self.converge_states(original)
+        self.eval_extra = self.extra_steps(original)
+        if self.eval_extra and conv is not None:
+            self.converge_states(original)  # the operator norm of the more orthogonal kernel
+        with torch.no_grad():
+            self._store(original, self._compute(original))
+
     def compute(self, w: Tensor) -> Tensor:
         wb = self.layout.to_batch(w)
         sigma = self.state.norm(wb, update=self.training)
@@ -81,7 +120,7 @@ class Bjorck(LipschitzParametrization):
         # order 1 is safe for s <= 2 (|1.5 s - 0.5 s^3| <= 1), higher orders for s <= 1.
         guard = gram_spectral_bound(wb, 3) / (2.0 if self.order == 1 else 1.0)
         sigma = torch.maximum(sigma, guard.to(sigma.dtype))
-        steps = self.n_iters_train if self.training else self.n_iters
+        steps = self.n_iters_train if self.training else self.n_iters + self.eval_extra
         q = bjorck_op(wb / sigma[:, None, None], steps, self.order, self.beta)
         q = self.layout.from_batch(q)
         if self.layout.is_conv:
