@@ -16,27 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
+# shared index and dtype helpers of the activation kernels
+from liptriton.kernels.group_sort import _INT32_LIMIT, _offsets, _upcast
+
 __all__ = ["max_min_backward", "max_min_forward"]
 
 _BLOCK = 1024
-_INT32_LIMIT = 2**31  # offsets at or above this use int64 index math
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-@triton.jit
-def _offsets(i_b, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    # int32 index math (a cheap division) while every offset (< 2n + BLOCK) fits in int32.
-    o = i_b * BLOCK + tl.arange(0, BLOCK)
-    if INT64:
-        o = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    return o
-
-
-@triton.jit
-def _upcast(b):
-    if b.dtype != tl.float64:
-        b = b.to(tl.float32)
-    return b
 
 
 @triton.jit

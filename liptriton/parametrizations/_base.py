@@ -175,19 +175,18 @@ class LipschitzParametrization(nn.Module):
         conv = getattr(self, "conv", None)
         if original is None or torch.compiler.is_compiling() or (conv is not None and not conv.observed):
             return  # (a convolution that saw no input yet converges at its first forward)
-        self.converge_states(original)
-        with torch.no_grad():
-            self._store(original, self._compute(original))
+        self._store(original, self.converge_states(original))
 
-    def converge_states(self, original: Tensor, steps: int | None = None) -> None:
-        """Run ``steps`` (default: each state's ``n_iters_init``) power steps on the weight."""
+    def converge_states(self, original: Tensor, steps: int | None = None) -> Tensor:
+        """Run ``steps`` (default: each state's ``n_iters_init``) power steps on the weight and
+        return the constrained weight computed with the converged state (no gradient)."""
         states = [m for m in (getattr(self, "state", None), getattr(self, "conv", None)) if m is not None]
         saved = [(m.fresh, m.n_iters_init) for m in states]
         for m in states:
             m.fresh, m.n_iters_init = True, steps or m.n_iters_init
         try:
             with torch.no_grad():
-                self._compute(original)
+                return self._compute(original)
         finally:
             for m, (_, n_init) in zip(states, saved):
                 m.n_iters_init = n_init

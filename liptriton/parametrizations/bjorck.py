@@ -105,12 +105,12 @@ class Bjorck(LipschitzParametrization):
         conv = getattr(self, "conv", None)
         if original is None or torch.compiler.is_compiling() or (conv is not None and not conv.observed):
             return
-        self.converge_states(original)
+        out = self.converge_states(original)
         self.eval_extra = self.extra_steps(original)
-        if self.eval_extra and conv is not None:
-            self.converge_states(original)  # the operator norm of the more orthogonal kernel
-        with torch.no_grad():
-            self._store(original, self._compute(original))
+        if self.eval_extra:
+            # the more orthogonal kernel (and, for a convolution, its operator norm)
+            out = self.converge_states(original) if conv is not None else self._compute(original).detach()
+        self._store(original, out)
 
     def compute(self, w: Tensor) -> Tensor:
         wb = self.layout.to_batch(w)
