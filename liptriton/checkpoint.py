@@ -164,7 +164,8 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     owner = "liptriton.load_checkpoint"
     tensors, meta = read(owner, path, CHECKPOINT_FORMAT)
     state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    flexible = {f"{p}.x" if p else "x" for p, m in model.named_modules() if isinstance(m, ConvNormState)}
+    flexible = {f"{p}.{key}" if p else key for p, m in model.named_modules() if isinstance(m, ConvNormState)
+                for key in ("x", "v")}
     check_state(owner, path, model.state_dict(), state, flexible=flexible)
     mine, theirs = _constraints(model), meta.get("constraints", {})
     if mine != theirs:

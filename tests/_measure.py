@@ -56,3 +56,15 @@ class OperatorNorm:
 def dense_singular_values(weight: torch.Tensor) -> torch.Tensor:
     """Singular values of a 2-D weight, float64."""
     return torch.linalg.svdvals(weight.detach().double())
+
+
+def exact_conv_norm(module: nn.Module, weight: torch.Tensor, input_size: tuple[int, ...]) -> float:
+    """The exact operator norm of ``module``'s convolution with ``weight`` at ``input_size``: the
+    float64 SVD of the dense matrix whose columns are the plain layer's outputs for unit inputs
+    (small operators only)."""
+    plain = plain_conv(module, weight)
+    dim = module.in_channels * int(torch.tensor(input_size).prod())
+    eye = torch.eye(dim, dtype=torch.float64).reshape(dim, module.in_channels, *input_size)
+    with torch.no_grad():
+        a = plain(eye).flatten(1)
+    return float(torch.linalg.svdvals(a).max())

@@ -10,11 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from liptriton.ops.conv_operator import ConvSpec
+from liptriton.parametrizations._certified import BOUNDS, CertifiedConvNorm, CertifiedMatrixNorm
 from liptriton.parametrizations._state import ConvNormState, MatrixNormState
 
 __all__ = [
-    "LipschitzParametrization", "WeightLayout", "ConvNormState", "MatrixNormState", "register",
-    "initialize", "check_positive", "check_iters",
+    "LipschitzParametrization", "WeightLayout", "ConvNormState", "MatrixNormState", "CertifiedConvNorm",
+    "CertifiedMatrixNorm", "register", "initialize", "check_positive", "check_iters", "check_bound",
+    "make_conv_state", "make_matrix_state",
 ]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -35,6 +37,29 @@ def check_iters(owner: str, arg: str, value: int | None, optional: bool = False)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{owner}: {arg} must be an integer >= 1, got {value!r}")
     return value
+
+
+def check_bound(owner: str, bound: str) -> str:
+    """Return ``bound`` if it is "certified" or "estimate", else raise a ValueError naming ``owner``."""
+    if bound not in BOUNDS:
+        raise ValueError(f"{owner}: bound must be one of {BOUNDS}, got {bound!r}")
+    return bound
+
+
+def make_conv_state(bound: str, layout: WeightLayout, in_channels: int | None, input_size: tuple[int, ...] | None,
+                    n_iters: int | None, n_iters_init: int, device) -> ConvNormState:
+    """The operator-norm state of a convolution: certified (default) or estimate-only."""
+    if bound == "estimate":
+        return ConvNormState(layout.spec, in_channels, input_size, n_iters, n_iters_init, device)
+    return CertifiedConvNorm(layout.spec, layout.shape, in_channels, input_size, n_iters, n_iters_init, device)
+
+
+def make_matrix_state(bound: str, layout: WeightLayout, n_iters: int | None, n_iters_init: int,
+                      device) -> nn.Module:
+    """The spectral-norm state of a dense weight: certified (default) or estimate-only."""
+    if bound == "estimate":
+        return MatrixNormState(layout.batch_shape, n_iters, n_iters_init, device)
+    return CertifiedMatrixNorm(layout.batch_shape, n_iters, n_iters_init, device)
 
 
 class WeightLayout:
@@ -199,6 +224,15 @@ def register(module: nn.Module, name: str, parametrization: LipschitzParametriza
     the hook that tells the operator-norm state the input size."""
     from torch.nn.utils import parametrize
 
+    plists = getattr(module, "parametrizations", None)
+    if plists is not None and name in plists:
+        taken = [type(p).__name__ for p in plists[name] if isinstance(p, LipschitzParametrization)]
+        if taken:
+            raise ValueError(
+                f"{type(module).__name__}.{name} is already constrained by {', '.join(taken)}: a second liptriton "
+                f"constraint would stack on it. Remove it first with torch.nn.utils.parametrize"
+                f".remove_parametrizations(module, {name!r}) (leave_parametrized=True keeps the current weight), "
+                "then register the new one")
     conv_state = getattr(parametrization, "conv", None)
     if isinstance(conv_state, ConvNormState):
         conv_state.deferred = True  # register_parametrization evaluates once; do not converge yet
@@ -211,7 +245,7 @@ def register(module: nn.Module, name: str, parametrization: LipschitzParametriza
         if isinstance(conv_state, ConvNormState):
             conv_state.deferred = False
     state = getattr(parametrization, "state", None)
-    if isinstance(state, MatrixNormState):
+    if isinstance(state, (MatrixNormState, CertifiedMatrixNorm)):
         original = getattr(module.parametrizations, name).original
         with torch.no_grad():
             state.norm(layout.to_batch(original.float()), update=True)

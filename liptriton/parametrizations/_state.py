@@ -3,6 +3,8 @@ operators (a basis of input-shaped vectors), warm-started and updated in place u
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -56,7 +58,8 @@ class ConvNormState(nn.Module):
 
     @classmethod
     def _fresh(cls, channels: int, size: tuple[int, ...], device: torch.device) -> Tensor:
-        x = torch.randn(cls.BLOCK, channels, *size, device=device)
+        # at most as many vectors as the input has entries (a 1x1 input of 4 channels: 4)
+        x = torch.randn(min(cls.BLOCK, channels * math.prod(size)), channels, *size, device=device)
         return x / x.flatten(1).norm(dim=1).reshape(-1, *([1] * len(size) + [1]))
 
     @property

@@ -10,12 +10,13 @@ from liptriton.ops.bjorck import bjorck as bjorck_op
 from liptriton.ops.bjorck import bjorck_coefficients
 from liptriton.ops.gram_bound import gram_spectral_bound
 from liptriton.parametrizations._base import (
-    ConvNormState,
     LipschitzParametrization,
     MatrixNormState,
     WeightLayout,
+    check_bound,
     check_iters,
     check_positive,
+    make_conv_state,
     register,
 )
 
@@ -31,9 +32,10 @@ class Bjorck(LipschitzParametrization):
     2. a fixed number of Björck steps (``n_iters_train`` in training, ``n_iters`` in eval; fixed
        counts, compile-friendly), which keep every singular value <= 1 whatever the count
        (order 1 maps [0, 2] into [-1, 1], so an underestimate of sigma is pulled back below 1);
-    3. for a convolution, division by the norm of the convolution operator (warm-started power
-       iteration on the operator), so that the layer reaches ``k`` exactly instead of a loose
-       fraction of it.
+    3. for a convolution, division by the norm of the convolution operator, so that the layer
+       reaches ``k`` instead of a loose fraction of it: with ``bound="certified"`` (default) a
+       proven upper bound of it at every forward (see :class:`~liptriton.parametrizations.Spectral`),
+       with ``bound="estimate"`` the warm-started power-iteration estimate alone.
 
     Args:
         layout: the weight's :class:`WeightLayout`.
@@ -48,21 +50,23 @@ class Bjorck(LipschitzParametrization):
         input_size: initial spatial input size (convolutions only).
         device: device of the state buffers.
         n_iters_train: Björck steps in training mode (None: ``min(n_iters, 5)``).
+        bound: "certified" or "estimate" (the convolution operator's norm; dense weights are
+            bounded by the Björck polynomial itself in both cases).
     """
 
     def __init__(self, layout: WeightLayout, k: float = 1.0, n_iters: int = 15, order: int = 1,
                  beta: float = 0.5, power_iters: int | None = None, power_iters_init: int = 200,
                  in_channels: int | None = None, input_size: tuple[int, ...] | None = None,
-                 device=None, n_iters_train: int | None = None) -> None:
+                 device=None, n_iters_train: int | None = None, bound: str = "certified") -> None:
         super().__init__(k)
-        self.layout = layout
+        self.layout, self.bound = layout, bound
         self.n_iters, self.order, self.beta = n_iters, order, beta
         self.n_iters_train = min(n_iters, 5) if n_iters_train is None else n_iters_train
         self.eval_extra = 0  # steps beyond n_iters in eval, chosen when switching to eval
         self.state = MatrixNormState(layout.batch_shape, power_iters, power_iters_init, device)
         if layout.is_conv:
-            self.conv = ConvNormState(layout.spec, in_channels, input_size, power_iters, power_iters_init,
-                                      device)
+            self.conv = make_conv_state(bound, layout, in_channels, input_size, power_iters, power_iters_init,
+                                        device)
 
     def right_inverse(self, w: Tensor) -> Tensor:
         """Store the polar factor of ``w`` (the closest orthogonal matrix, by SVD) as the original.
@@ -124,13 +128,14 @@ class Bjorck(LipschitzParametrization):
         q = bjorck_op(wb / sigma[:, None, None], steps, self.order, self.beta)
         q = self.layout.from_batch(q)
         if self.layout.is_conv:
-            return q * (self.k / self.conv.norm(q, update=self.training))
+            return q / self.conv.norm(q, update=self.training) * self.k
         return q * self.k
 
 
 def bjorck(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_iters: int = 15, order: int = 1,
            beta: float = 0.5, power_iters: int | None = None, power_iters_init: int = 200,
-           input_size: tuple[int, ...] | None = None, n_iters_train: int | None = None) -> nn.Module:
+           input_size: tuple[int, ...] | None = None, n_iters_train: int | None = None,
+           bound: str = "certified") -> nn.Module:
     """Constrain ``module.<name>`` to an orthogonal weight scaled by ``k`` (Björck).
 
     Dense layers end with all singular values within about 1e-2 of ``k`` and never above it.
@@ -154,6 +159,9 @@ def bjorck(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_iters: 
             these are block steps of its 8-vector basis, see ConvNormState).
         power_iters_init: power steps at the first evaluation (>= 1).
         input_size: spatial input size of a convolution if known in advance.
+        bound: "certified" (default): a convolution is divided by a proven upper bound of its
+            operator norm at every forward, in training too; "estimate": by the power-iteration
+            estimate alone (from below). Dense weights are bounded by the Björck polynomial.
 
     Returns:
         ``module``, with the parametrization registered.
@@ -175,6 +183,7 @@ def bjorck(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_iters: 
     check_iters(owner, "n_iters_train", n_iters_train, optional=True)
     check_iters(owner, "power_iters", power_iters, optional=True)
     check_iters(owner, "power_iters_init", power_iters_init)
+    check_bound(owner, bound)
     try:
         bjorck_coefficients(order, beta)
     except ValueError as err:
@@ -182,5 +191,5 @@ def bjorck(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_iters: 
     layout = WeightLayout(module, name, owner)
     tensor = getattr(module, name)
     p = Bjorck(layout, k, n_iters, order, beta, power_iters, power_iters_init,
-               getattr(module, "in_channels", None), input_size, tensor.device, n_iters_train)
+               getattr(module, "in_channels", None), input_size, tensor.device, n_iters_train, bound)
     return register(module, name, p, layout)

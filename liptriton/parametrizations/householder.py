@@ -7,11 +7,12 @@ from torch import Tensor, nn
 
 from liptriton.ops.householder import householder_product
 from liptriton.parametrizations._base import (
-    ConvNormState,
     LipschitzParametrization,
     WeightLayout,
+    check_bound,
     check_iters,
     check_positive,
+    make_conv_state,
     register,
 )
 
@@ -35,7 +36,8 @@ class Householder(LipschitzParametrization):
     ``d = max(m, n)`` and ``r = min(m, n)`` by default; registering (or assigning the weight)
     stores the reflectors of the QR decomposition of the given weight, so the layer starts at
     its orthogonal factor (up to the signs of R's diagonal). Convolutions are then normalized by
-    the norm of their operator, like :class:`~liptriton.parametrizations.Bjorck`.
+    the norm of their operator, like :class:`~liptriton.parametrizations.Bjorck` (a proven upper
+    bound of it with ``bound="certified"``, the default).
 
     Args:
         layout: the weight's :class:`WeightLayout`.
@@ -46,19 +48,20 @@ class Householder(LipschitzParametrization):
         in_channels: input channels of the convolution operator (convolutions only).
         input_size: initial spatial input size (convolutions only).
         device: device of the state buffers.
+        bound: "certified" or "estimate" (the convolution operator's norm).
     """
 
     def __init__(self, layout: WeightLayout, k: float = 1.0, n_reflections: int | None = None,
                  power_iters: int | None = None, power_iters_init: int = 200, in_channels: int | None = None,
-                 input_size: tuple[int, ...] | None = None, device=None) -> None:
+                 input_size: tuple[int, ...] | None = None, device=None, bound: str = "certified") -> None:
         super().__init__(k)
-        self.layout = layout
+        self.layout, self.bound = layout, bound
         _, m, n = layout.batch_shape
         self.rows, self.cols = m, n
         self.n_reflections = n_reflections or min(m, n)
         if layout.is_conv:
-            self.conv = ConvNormState(layout.spec, in_channels, input_size, power_iters, power_iters_init,
-                                      device)
+            self.conv = make_conv_state(bound, layout, in_channels, input_size, power_iters, power_iters_init,
+                                        device)
 
     def right_inverse(self, w: Tensor) -> Tensor:
         """Reflection vectors (groups, r, d) whose product is the orthogonal factor of ``w``."""
@@ -78,13 +81,13 @@ class Householder(LipschitzParametrization):
         q = torch.stack([householder_product(v[g], self.rows, self.cols) for g in range(v.shape[0])])
         w = self.layout.from_batch(q)
         if self.layout.is_conv:
-            return w * (self.k / self.conv.norm(w, update=self.training))
+            return w / self.conv.norm(w, update=self.training) * self.k
         return w * self.k
 
 
 def householder(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_reflections: int | None = None,
                 power_iters: int | None = None, power_iters_init: int = 200,
-                input_size: tuple[int, ...] | None = None) -> nn.Module:
+                input_size: tuple[int, ...] | None = None, bound: str = "certified") -> nn.Module:
     """Constrain ``module.<name>`` to ``k`` times an exactly orthogonal matrix (Householder product).
 
     The parameter becomes the reflection vectors (``module.parametrizations.<name>.original``);
@@ -99,6 +102,8 @@ def householder(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_re
         power_iters: block power steps per training forward on the convolution operator (default 1).
         power_iters_init: power steps at the first evaluation.
         input_size: spatial input size of a convolution if known in advance.
+        bound: "certified" (default: a proven upper bound of a convolution's operator norm at
+            every forward) or "estimate" (the power-iteration estimate alone).
 
     Returns:
         ``module``, with the parametrization registered.
@@ -120,8 +125,9 @@ def householder(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_re
     check_iters(owner, "power_iters_init", power_iters_init)
     if n_reflections is not None:
         check_iters(owner, "n_reflections", n_reflections)
+    check_bound(owner, bound)
     layout = WeightLayout(module, name, owner)
     tensor = getattr(module, name)
     p = Householder(layout, k, n_reflections, power_iters, power_iters_init,
-                    getattr(module, "in_channels", None), input_size, tensor.device)
+                    getattr(module, "in_channels", None), input_size, tensor.device, bound)
     return register(module, name, p, layout)
