@@ -146,17 +146,19 @@ def read(owner: str, path: str | os.PathLike, fmt: str | None, tensors: bool = T
 
 
 def check_state(owner: str, path: str | os.PathLike, expected: dict[str, Tensor], found: dict[str, Tensor],
-                hint: str = "", flexible: set[str] = frozenset()) -> None:
+                hint: str = "", flexible: set[str] | dict[str, int] = frozenset()) -> None:
     """Raise one ValueError listing missing keys, unexpected keys and shape mismatches, if any.
 
-    Keys in ``flexible`` may differ in their trailing (spatial) sizes but not in rank or first two dims.
+    Keys in ``flexible`` may differ in their sizes but not in rank, nor in their first dims: two for
+    a set (spatial sizes of an input-shaped state), the number given for a dict.
     """
+    fixed = flexible if isinstance(flexible, dict) else dict.fromkeys(flexible, 2)
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     shapes = []
     for key in sorted(set(expected) & set(found)):
         a, b = tuple(expected[key].shape), tuple(found[key].shape)
-        ok = a == b or (key in flexible and len(a) == len(b) and a[:2] == b[:2])
+        ok = a == b or (key in fixed and len(a) == len(b) and a[:fixed[key]] == b[:fixed[key]])
         if not ok:
             shapes.append(f"{key}: file {b}, model {a}")
     if missing or unexpected or shapes:

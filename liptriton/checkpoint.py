@@ -164,8 +164,10 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     owner = "liptriton.load_checkpoint"
     tensors, meta = read(owner, path, CHECKPOINT_FORMAT)
     state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    flexible = {f"{p}.{key}" if p else key for p, m in model.named_modules() if isinstance(m, ConvNormState)
-                for key in ("x", "v")}
+    # a convolution's state follows its learned input size: the basis x (same batch and channels)
+    # and the certificate's vectors v (one per frequency block)
+    flexible = {f"{p}.{key}" if p else key: fixed for p, m in model.named_modules() if isinstance(m, ConvNormState)
+                for key, fixed in (("x", 2), ("v", 0))}
     check_state(owner, path, model.state_dict(), state, flexible=flexible)
     mine, theirs = _constraints(model), meta.get("constraints", {})
     if mine != theirs:

@@ -221,10 +221,11 @@ def test_bake_converges_stale_state_and_keeps_activations():
                          liptriton.spectral(nn.Conv1d(10, 4, 3, padding=1)), liptriton.bjorck(nn.Linear(4, 4), n_iters=2)])
     net[2](torch.randn(1, 10, 9))  # learns its input size
     with torch.no_grad():  # a stale estimate: power iteration state far from the top singular vectors
-        net[0].parametrizations.weight[0].state.u.copy_(torch.randn(1, 10).div(10 ** 0.5))
-        net[0].parametrizations.weight[0].state.v.copy_(torch.randn(1, 12).div(12 ** 0.5))
+        state = net[0].parametrizations.weight[0].state
+        state.v.copy_(torch.randn_like(state.v))
         conv_state = net[2].parametrizations.weight[0].conv
         conv_state.x.copy_(torch.randn_like(conv_state.x))
+        conv_state.v.copy_(torch.randn_like(conv_state.v))
         u, _, vh = torch.linalg.svd(torch.randn(4, 4))  # Björck from an ill-conditioned weight: 2 steps are not enough
         net[3].parametrizations.weight.original.copy_(u @ torch.diag(torch.tensor([1.0, 0.5, 0.1, 0.02])) @ vh)
     before = {k: v.clone() for k, v in net.state_dict().items()}

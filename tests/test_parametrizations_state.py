@@ -42,9 +42,9 @@ def _train(net: nn.Module, steps: int, x: torch.Tensor) -> None:
 def test_training_updates_state_and_eval_does_not():
     net, x = _net(), torch.randn(4, 2, 8, 8)
     net(x)
-    conv_state = net[0].parametrizations.weight[0].conv.x.clone()
+    conv_state = net[0].parametrizations.weight[0].conv.v.clone()  # the certificate's vectors
     _train(net, 2, x)
-    assert not torch.equal(conv_state, net[0].parametrizations.weight[0].conv.x)
+    assert not torch.equal(conv_state, net[0].parametrizations.weight[0].conv.v)
     net.eval()
     buffers = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.no_grad():

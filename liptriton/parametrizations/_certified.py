@@ -45,7 +45,10 @@ class _Certified(nn.Module):
                 v = torch.randn(h.shape[:-1], dtype=v.dtype, device=v.device)
                 fresh = True
             steps = self.n_iters_init if fresh else (self.n_iters if update else 0)
-            bound, v_new = certify_top_eigenvalue(h, v.to(_CERT_DTYPE), steps, refine=3 if fresh else 1)
+            if fresh:  # converge every matrix, refine, and certify the converged estimate tightly
+                bound, v_new = certify_top_eigenvalue(h, v.to(_CERT_DTYPE), steps, top=h.shape[0], refine=3)
+            else:
+                bound, v_new = certify_top_eigenvalue(h, v.to(_CERT_DTYPE), steps)
             if update or fresh:
                 if self.v.shape != v_new.shape:
                     self.v = v_new.to(self.v.dtype)
@@ -121,8 +124,8 @@ class CertifiedConvNorm(_Certified, ConvNormState):
         ConvNormState.__init__(self, spec, in_channels, input_size, n_iters or self.DEFAULT_ITERS, n_iters_init,
                                device)
         self.weight_shape = tuple(weight_shape)
-        self.register_buffer("v", torch.zeros(0, device=device))
         self._plan: tuple[tuple[int, ...], FourierPlan | None, float] | None = None
+        self.register_buffer("v", torch.randn(self._state_shape(), device=device))
 
     def _ensure_plan(self, device: torch.device) -> tuple[FourierPlan | None, float]:
         size = self.input_size
@@ -138,6 +141,17 @@ class CertifiedConvNorm(_Certified, ConvNormState):
                 plan = fourier_plan(self.spec, self.weight_shape, size, device)
                 self._plan = (size, plan, plan.gather)
         return self._plan[1], self._plan[2]
+
+    def _state_shape(self) -> tuple[int, int]:
+        """(matrices, side) of the Gram matrices at the current input size."""
+        plan, _ = self._ensure_plan(self.x.device)
+        if plan is not None:
+            return plan.groups * plan.frequencies, plan.size
+        size = self.input_size
+        c_in = self.x.shape[1]
+        c_out = self.weight_shape[1] * self.spec.groups if self.spec.transposed else self.weight_shape[0]
+        out = self.spec.output_shape(torch.empty(self.weight_shape, device="meta"), size)
+        return 1, min(c_in * math.prod(size), c_out * math.prod(out))
 
     @property
     def gather(self) -> float:
@@ -183,6 +197,7 @@ class CertifiedConvNorm(_Certified, ConvNormState):
         super().observe(inp)
         if self.input_size != size:
             self.fresh = True
+            self.v = torch.randn(self._state_shape(), device=self.v.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for key in ("x", "v"):

@@ -37,7 +37,8 @@ class Spectral(LipschitzParametrization):
     Args:
         layout: the weight's :class:`WeightLayout`.
         k: the Lipschitz constant to reach.
-        n_iters: power steps per training forward (None: 1; block steps for a convolution).
+        n_iters: iteration steps per training forward (None: 8 Lanczos steps with
+            ``bound="certified"``; 1 power step, a block step for a convolution, with "estimate").
         n_iters_init: power steps on fresh state.
         in_channels: input channels of the convolution operator (convolutions only).
         input_size: initial spatial input size (convolutions only; learned at the first forward).
@@ -80,9 +81,10 @@ def spectral(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_iters
             with a 2-D tensor ``name``.
         name: the tensor to constrain.
         k: the Lipschitz constant of the layer (> 0).
-        n_iters: power-iteration steps per training forward (>= 1; default 2 on the Gram matrix
-            with ``bound="certified"``; 1 with ``"estimate"``, for a convolution block steps of
-            an 8-vector basis that follows swaps of its top singular vectors).
+        n_iters: iteration steps per training forward (>= 1; default 8 Lanczos steps on the
+            Gram matrix with ``bound="certified"``; 1 power step with ``"estimate"``, for a
+            convolution a block step of an 8-vector basis that follows swaps of its top
+            singular vectors).
         n_iters_init: steps at the first evaluation (>= 1).
         input_size: spatial input size of a convolution, if known in advance (else learned at
             the first forward; the bound then holds for inputs up to the largest size seen).

@@ -1,0 +1,112 @@
+"""The certificate itself, against independent references: float64 eigensolvers for the Gram
+matrices, the exact operator matrix of a plain torch convolution for the frequency bound; and
+the corner cases a user hits (zero weight, a second constraint, tiny inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import liptriton
+from liptriton.ops.certified_norm import certify_top_eigenvalue, lanczos_top
+from liptriton.ops.conv_fourier import fourier_blocks, fourier_gram, fourier_plan
+from liptriton.ops.conv_operator import ConvSpec
+from tests._measure import exact_conv_norm
+
+
+@pytest.mark.parametrize("batch,q", [(1, 1), (1, 7), (5, 16), (40, 12)], ids=str)
+@pytest.mark.parametrize("flat", [False, True], ids=["spread", "flat-top"])
+def test_certificate_is_above_and_close_to_lambda_max(batch, q, flat):
+    g = torch.Generator().manual_seed(batch * 100 + q)
+    a = torch.randn(batch, q + 3, q, dtype=torch.float64, generator=g)
+    if flat:  # the spectrum an optimizer that pushes every direction up produces: a cluster at the top
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        a = u @ torch.diag_embed(1 - 0.01 * torch.rand(s.shape, generator=g, dtype=torch.float64)) @ vh
+    h = a.mT @ a
+    top = float(torch.linalg.eigvalsh(h).max())
+    v = torch.randn(batch, q, dtype=torch.float64, generator=g)
+    bound, _ = certify_top_eigenvalue(h, v, 8, refine=3)
+    assert top <= float(bound) <= top * 1.0021
+
+
+def test_certificate_with_a_stale_vector_is_still_a_bound():
+    """No Lanczos step (an estimate far below): the certificate falls back, never under-reports."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(30, 10, 10, dtype=torch.float64, generator=g)
+    h = a.mT @ a
+    v = torch.zeros(30, 10, dtype=torch.float64)
+    v[:, 0] = 1.0
+    h[7] *= 50  # one matrix far above the others, which the stale vectors do not see
+    bound, _ = certify_top_eigenvalue(h, v, 0)
+    assert float(bound) >= float(torch.linalg.eigvalsh(h).max())
+
+
+def test_lanczos_top_vector():
+    h = torch.diag(torch.tensor([1.0, 3.0, 2.0, 2.9], dtype=torch.float64)).expand(2, 4, 4)
+    v = lanczos_top(h, torch.ones(2, 4, dtype=torch.float64), 4)
+    assert torch.allclose(v.abs(), torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64).expand(2, 4), atol=1e-8)
+
+
+GEOMETRIES = [
+    lambda: nn.Conv2d(3, 4, 3, padding=1), lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1),
+    lambda: nn.Conv2d(4, 2, 3, padding=2, dilation=2), lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2),
+    lambda: nn.Conv2d(2, 3, 5, stride=3, padding=2, dilation=2), lambda: nn.Conv1d(3, 5, 5, stride=2, padding=2),
+    lambda: nn.Conv3d(2, 3, 3, padding=1), lambda: nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
+    lambda: nn.ConvTranspose1d(3, 2, 4, stride=2), lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
+    lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), lambda: nn.Conv2d(3, 3, 1),
+]
+
+
+@pytest.mark.parametrize("make", GEOMETRIES, ids=range(len(GEOMETRIES)))
+def test_frequency_bound_is_above_the_exact_operator_norm(make):
+    torch.manual_seed(0)
+    conv = make()
+    nd = conv.weight.dim() - 2
+    size = {1: (11,), 2: (7, 6), 3: (4, 3, 3)}[nd]
+    if conv.padding_mode == "circular":
+        size = (6, 6)
+    plan = fourier_plan(ConvSpec.from_module(conv), conv.weight.shape, size)
+    w = conv.weight.detach().double()
+    blocks = fourier_blocks(plan, w)
+    gram = fourier_gram(plan, w)
+    torch.testing.assert_close(gram, blocks.mT @ blocks, rtol=1e-12, atol=1e-12)
+    bound = float(torch.linalg.matrix_norm(blocks, 2).max()) * plan.gather
+    exact = exact_conv_norm(conv, conv.weight, size)
+    assert exact <= bound * (1 + 1e-12)
+    if plan.exact:
+        assert bound <= exact * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("method", ["spectral", "bjorck", "householder"])
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 3)], ids=str)
+def test_tiny_conv_inputs(method, size):
+    """Fewer input entries than the estimate's 8-vector block (a squeeze-excitation 1x1 conv)."""
+    layer = getattr(liptriton, method)(nn.Conv2d(1 if size == (2, 2) else 4, 3, 1), bound="certified")
+    x = torch.randn(2, layer.in_channels, *size)
+    assert layer(x).shape[-2:] == size
+    assert exact_conv_norm(layer, layer.weight, size) <= 1 + 1e-4
+    est = getattr(liptriton, method)(nn.Conv2d(layer.in_channels, 3, 1), bound="estimate")
+    assert torch.isfinite(est(x)).all()
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(5, 3), lambda: nn.Conv2d(2, 3, 3, padding=1)], ids=["linear", "conv"])
+def test_zero_weight_gives_zero_output_not_nan(make):
+    layer = make()
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+    liptriton.spectral(layer)
+    x = torch.randn(2, 5) if isinstance(layer, nn.Linear) else torch.randn(2, 2, 6, 6)
+    out = layer(x)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
+
+
+def test_second_constraint_on_one_tensor_is_refused():
+    layer = liptriton.spectral(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"already constrained by Spectral.*remove_parametrizations"):
+        liptriton.bjorck(layer)
+    torch.nn.utils.parametrize.remove_parametrizations(layer, "weight")
+    liptriton.bjorck(layer)  # after removal: accepted
