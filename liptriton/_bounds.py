@@ -8,6 +8,7 @@ its weighted sum, and an op without a finite constant gives ``inf`` with the rea
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from collections.abc import Callable
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from liptriton._fn_rules import RANDOM, RANDOM_METHODS, function_rule
+from liptriton._fn_rules_basic import INF, RuleContext, smul
 from liptriton._rules import (
     ConvexSum,
     Scaled,
@@ -69,8 +72,8 @@ class LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (ConvexSum, Scaled, ScaledAdaptivePool)) or type(m).__name__ in _LIP_ACTS + _LIP_LEAVES:
             return True
-        if callable(getattr(m, "lipschitz_bound", None)):
-            return True
+        if callable(getattr(m, "lipschitz_bound", None)) and all(n == "parametrizations" for n, _ in m.named_children()):
+            return True  # a layer with its own bound; containers (liptriton.Sequential) are traced through
         return super().is_leaf_module(m, qualname)
 
 
@@ -172,18 +175,8 @@ def module_constant(module: nn.Module, in_shape: tuple[int, ...] | None, nominal
     return _INF, f"no Lipschitz rule for {name}"
 
 
-_ELEMENTWISE_1 = {torch.relu, F.relu, torch.tanh, F.tanh, F.hardtanh, F.relu6, F.softplus, torch.abs,
-                  operator.neg, torch.neg, operator.abs, F.dropout, F.dropout1d, F.dropout2d, torch.flatten,
-                  torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.clamp,
-                  F.softmax, torch.softmax}
-_SHAPE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
-                  "relu", "tanh", "abs", "neg", "float", "double", "to", "type_as", "clone", "detach", "chunk",
-                  "split", "unbind", "t", "mT", "clamp", "softmax", "movedim"}
 _FN_CONST = {torch.sigmoid: 0.25, F.sigmoid: 0.25, F.gelu: 1.129, F.silu: 1.0999, F.mish: 1.0885,
              F.hardswish: 1.5, torch.selu: 1.7581, F.selu: 1.7581}
-_ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
-_MUL = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div}
-_CAT = {torch.cat, torch.stack, torch.concat}
 
 
 def _shape(node) -> tuple[int, ...] | None:
@@ -191,78 +184,121 @@ def _shape(node) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-def _function_rule(node: fx.Node, b: Callable) -> tuple[float, float, str]:
+def _function_rule(node: fx.Node, b: Callable, gm: fx.GraphModule | None = None, strict: bool = False
+                   ) -> tuple[float, float, str]:
     """(local, bound, note) of a call_function / call_method node; ``b(arg)`` is an arg's bound."""
-    fn, args = node.target, node.args
-    name = getattr(fn, "__name__", str(fn))
+    ctx = RuleContext(b, gm, strict)
+    return function_rule(node, ctx)
+
+
+_VIEW_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "t",
+                 "movedim", "view_as", "reshape_as", "expand", "expand_as", "narrow", "select", "diagonal",
+                 "unflatten", "chunk", "split", "unbind", "tensor_split", "detach", "to", "type_as", "float",
+                 "double", "as_strided", "swapaxes", "swapdims", "unfold", "real"}
+_VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
+                   torch.movedim, torch.t, torch.narrow, torch.select, torch.diagonal, torch.chunk, torch.split,
+                   torch.unbind, torch.tensor_split, torch.unflatten, operator.getitem, getattr,
+                   torch.broadcast_to, torch.swapaxes, torch.swapdims, torch.as_strided, torch.detach}
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.imod, operator.ipow, operator.setitem, operator.iand, operator.ior, operator.ixor}
+# in-place ops that map each entry to a function of that same entry with |slope| <= 1, or to a constant:
+# every tensor aliasing the target keeps a valid bound (an entry's change never grows)
+_ENTRYWISE_INPLACE = {"relu_", "tanh_", "sigmoid_", "abs_", "neg_", "clamp_", "clip_", "clamp_min_", "clamp_max_",
+                      "add_", "sub_", "mul_", "div_", "fill_", "zero_", "masked_fill_", "hardtanh_", "leaky_relu_",
+                      "elu_", "relu", "relu6", "hardtanh", "leaky_relu", "elu", "celu", "selu", "dropout", "threshold",
+                      "iadd", "isub", "imul", "itruediv", "setitem"}
+
+
+def _inplace(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node`` writes into its first argument."""
     if node.op == "call_method":
-        if fn in _SHAPE_METHODS:
-            return 1.0, b(args[0]), "shape op / 1-Lipschitz"
-        if fn in ("size", "dim", "numel"):
-            return 0.0, 0.0, "not a tensor"
-        if fn in ("add", "sub", "add_", "sub_"):
-            fn = operator.add
-        elif fn in ("mul", "div", "mul_", "div_"):
-            fn = operator.mul if fn.startswith("mul") else operator.truediv
-        elif fn in ("mean", "sum"):
-            shp = _shape(args[0])
-            dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
-            if shp is None:
-                return _INF, _INF, "input shape unknown"
-            dims = range(len(shp)) if dims is None else ([dims] if isinstance(dims, int) else dims)
-            n = math.prod(shp[d] for d in dims if d != 0 and d != -len(shp))
-            c = 1.0 / math.sqrt(n) if fn == "mean" else math.sqrt(n)
-            return c, c * b(args[0]), f"{fn} of {n} entries"
-        else:
-            return _INF, _INF, f"no Lipschitz rule for method .{fn}()"
-    if fn is getattr:
-        return 1.0, b(args[0]), "attribute"
-    if fn is operator.getitem:
-        index = args[1] if isinstance(args[1], tuple) else (args[1],)
-        if all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
-            return 1.0, b(args[0]), "selection"
-        return _INF, _INF, "advanced indexing (may repeat entries)"
-    if fn in _ELEMENTWISE_1:
-        return 1.0, b(args[0]), "1-Lipschitz"
-    if fn is F.leaky_relu:
-        c = max(1.0, abs(args[1] if len(args) > 1 else node.kwargs.get("negative_slope", 0.01)))
-        return c, c * b(args[0]), "slope"
-    if fn in _FN_CONST:
-        return _FN_CONST[fn], _FN_CONST[fn] * b(args[0]), "max |f'|"
-    if fn in _ADD:
-        alpha = abs(node.kwargs.get("alpha", 1.0))
-        return 1.0, b(args[0]) + alpha * b(args[1]), "sum"
-    if fn in _MUL:
-        x, y = args[0], args[1]
-        if isinstance(y, (int, float)) and b(x) >= 0:
-            c = abs(y) if fn in (operator.mul, operator.imul, torch.mul) else 1.0 / abs(y)
-            return c, c * b(x), "scalar"
-        if isinstance(x, (int, float)) and fn in (operator.mul, operator.imul, torch.mul):
-            return abs(x), abs(x) * b(y), "scalar"
-        if b(x) == 0 and b(y) == 0:
-            return 0.0, 0.0, "constant"
-        return _INF, _INF, "product with a non-scalar (input-dependent or tensor) factor"
-    if fn in _CAT:
-        parts = [b(a) for a in args[0]]
-        return 1.0, math.sqrt(sum(p * p for p in parts)), "quadrature"
-    if fn in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-              F.adaptive_avg_pool3d):
-        shp = _shape(args[0])
-        if shp is None:
-            return _INF, _INF, "input shape unknown"
-        c = _schur(lambda t: fn(t, *args[1:], **node.kwargs), shp)
-        return c, c * b(args[0]), "Schur"
-    if fn in (F.max_pool1d, F.max_pool2d, F.max_pool3d):
-        kw = dict(zip(("kernel_size", "stride", "padding", "dilation"), args[1:]), **node.kwargs)
-        nd = int(name[-2])
-        c = math.sqrt(window_overlap(kw["kernel_size"], kw.get("stride"), kw.get("dilation", 1), nd))
-        return c, c * b(args[0]), "overlap"
-    return _INF, _INF, f"no Lipschitz rule for function {name}"
+        return node.target.endswith("_") and not node.target.startswith("__")
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    if node.op == "call_function":
+        if node.target in _INPLACE_FUNCTIONS:
+            return True
+        name = getattr(node.target, "__name__", "")
+        if name.endswith("_") and not name.startswith("__"):
+            return True
+        if node.kwargs.get("inplace"):
+            return True
+        try:
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):
+            return False
+        return bool(bound.arguments.get("inplace", False))
+    return False
+
+
+def _aliases(gm: fx.GraphModule) -> dict[str, str]:
+    """Union-find root of every node over the ops that may return a view of (or write into) their input."""
+    parent: dict[str, str] = {}
+
+    def root(n: str) -> str:
+        while parent.get(n, n) != n:
+            n = parent[n]
+        return n
+
+    for node in gm.graph.nodes:
+        parent.setdefault(node.name, node.name)
+        src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if src is None:
+            continue
+        view = (node.op == "call_method" and node.target in _VIEW_METHODS) or (
+            node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+        if node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            view = isinstance(mod, (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+                                    nn.Dropout3d, nn.AlphaDropout))
+        if view or _inplace(node, gm):
+            parent[root(node.name)] = root(src.name)
+    return {n: root(n) for n in parent}
+
+
+def _check_inplace(node: fx.Node, gm: fx.GraphModule, local: float, bound: float, ctx: RuleContext,
+                   bounds: dict[str, float], order: dict[str, int], groups: dict[str, str]) -> tuple[float, float, str]:
+    """Account for a write into a tensor that other nodes may still read (or "" if nothing to do).
+
+    The target itself now holds the node's value (its bound becomes the node's bound); other
+    tensors aliasing it keep a valid bound only if the write maps each entry to a function of
+    itself with slope <= 1 (``relu_``, ``clamp_`` by constants, ``mul_`` by |c| <= 1...).
+    """
+    target = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if target is None or not _inplace(node, gm) or all(ctx.b(a) == 0 for a in node.all_input_nodes):
+        return local, bound, ""
+    if node.target is operator.setitem:  # x[idx] = y: entries of x replaced by (copies of) y
+        index, value = node.args[1], node.args[2]
+        if ctx.b(index) > 0:
+            return INF, INF, "writes at input-dependent indices"
+        copies = ctx.bcast(value, target) if ctx.b(value) > 0 else 1.0
+        bound = math.sqrt(ctx.b(target) ** 2 + smul(copies, ctx.b(value)) ** 2)
+        local = 1.0
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if node.op == "call_module":
+        name = "relu" if local <= 1.0 else type(gm.get_submodule(node.target)).__name__
+    others = [a for a in node.all_input_nodes if a is not target and ctx.b(a) > 0]
+    entrywise = name in _ENTRYWISE_INPLACE and not others and local <= 1.0
+    bounds[target.name] = max(bounds[target.name], bound) if not entrywise else bounds[target.name]
+    if entrywise:
+        return local, bound, ""
+    here, group = order[node.name], groups[target.name]
+    stale = [n.name for n in gm.graph.nodes if groups.get(n.name) == group and n is not target and n is not node
+             and order[n.name] < here and any(order[u.name] > here for u in n.users)]
+    if stale:
+        for name_ in stale:
+            bounds[name_] = INF
+        return INF, INF, f"writes in place into {target.name}, read afterwards through {', '.join(stale)}"
+    return local, bound, ""
 
 
 def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None = None
               ) -> tuple[list[NodeBound], float]:
     """Propagate bounds through ``gm`` (shapes in ``node.meta['tensor_meta']`` where known).
+
+    Every node gets the bound of its value as a function of the model input; a node whose
+    value is an integer or bool tensor that depends on the input gets ``inf`` (a step
+    function); a write in place is accounted for wherever the written tensor is read later.
 
     Args:
         gm: a traced module (leaves as :class:`LeafTracer` picks them).
@@ -276,23 +312,23 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
     rows: list[NodeBound] = []
     seen_input = False
     out = _INF
-
-    def b(a) -> float:
-        if isinstance(a, fx.Node):
-            return bounds[a.name]
-        if isinstance(a, (list, tuple)):
-            return math.sqrt(sum(b(x) ** 2 for x in a))
-        return 0.0
+    ctx = RuleContext(lambda n: bounds[n.name], gm, strict=not nominal)
+    b = ctx.b
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    groups = _aliases(gm)
 
     for node in gm.graph.nodes:
         note = ""
+        op = node.op if node.op in ("placeholder", "output", "get_attr") else str(
+            getattr(node.target, "__name__", node.target))
         if node.op == "placeholder":
             local, bound = 1.0, 0.0 if seen_input else 1.0
-            seen_input, note = True, "model input"
+            seen_input, note = True, "model input" if bound else "extra input (its default: a constant)"
         elif node.op == "get_attr":
             local, bound, note = 0.0, 0.0, "constant"
         elif node.op == "call_module":
             mod = gm.get_submodule(node.target)
+            op = type(mod).__name__
             if isinstance(mod, ConvexSum) or type(mod).__name__ == "LipResidual":
                 if isinstance(mod, ConvexSum):
                     w = mod.weights().detach().double().abs().tolist()
@@ -300,27 +336,35 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
                     a = float(torch.sigmoid(mod.alpha.detach().double()))
                     w = [a, 1.0 - a]
                 local = 1.0
-                parts = [b(a) for a in node.args]
+                parts = [smul(ctx.bcast(a, node), b(a)) for a in node.args]
                 # planning (nominal) must hold for any learned weights: max_i L_i
-                bound = max(parts) if nominal else sum(wi * p for wi, p in zip(w, parts))
+                bound = max(parts) if nominal else sum(smul(wi, p) for wi, p in zip(w, parts))
                 note = "convex combination: " + ("max_i L_i" if nominal else "sum_i w_i L_i")
+                if len(parts) != len(w) or node.kwargs:
+                    local, bound, note = _INF, _INF, f"{op} called with {len(parts)} inputs for {len(w)} weights"
             else:
-                shape = _shape(node.args[0]) if node.args else None
-                local, note = module_constant(mod, shape, nominal)
-                x = b(node.args[0]) if node.args else 0.0
-                bound = 0.0 if x == 0.0 else local * x
-            op = type(mod).__name__
+                first = node.args[0] if node.args else None
+                extra = [a.name for a in node.all_input_nodes if a is not first and b(a) > 0]
+                local, note = module_constant(mod, _shape(first), nominal)
+                bound = smul(local, b(first))
+                if extra:
+                    local, bound = _INF, _INF
+                    note = f"called with more input-dependent tensors ({', '.join(extra)}) than its rule accounts for"
         elif node.op == "output":
             local, bound, note = 1.0, b(node.args[0]), "output"
             out = bound
+        elif node.target in RANDOM or (node.op == "call_method" and RANDOM_METHODS.get(node.target)):
+            local, bound, note = _INF, _INF, "random: the model is not a function of its input"
+        elif all(b(a) == 0.0 for a in node.all_input_nodes):
+            local, bound, note = 0.0, 0.0, "does not depend on the input"
         else:
-            if all(b(a) == 0.0 for a in node.all_input_nodes):
-                local, bound, note = 0.0, 0.0, "does not depend on the input"
-            else:
-                local, bound, note = _function_rule(node, b)
-        if node.op != "call_module":
-            op = node.op if node.op in ("placeholder", "output", "get_attr") else str(
-                getattr(node.target, "__name__", node.target))
+            local, bound, note = function_rule(node, ctx)
+        if node.op in ("call_function", "call_method", "call_module"):
+            meta = RuleContext.meta(node)
+            if meta is not None and not (meta.dtype.is_floating_point or meta.dtype.is_complex) and bound > 0:
+                local, bound, note = _INF, _INF, f"{meta.dtype} valued: discontinuous in the input ({note})"
+            local, bound, why = _check_inplace(node, gm, local, bound, ctx, bounds, order, groups)
+            note = why or note
         bounds[node.name] = bound
         rows.append(NodeBound(node.name, op, local, bound, note))
         if step is not None:

@@ -24,7 +24,7 @@ def _unit(v: Tensor) -> Tensor:
 
 def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, power_iters: int = 20,
                          ascent_steps: int = 5, step: Callable[[], None] | None = None,
-                         exact_model: nn.Module | None = None) -> tuple[float, str]:
+                         exact_model: nn.Module | None = None, found: dict | None = None) -> tuple[float, str]:
     """Lower bound of the Lipschitz constant of ``model`` (eval mode, no in-place buffer updates).
 
     The search runs on ``model`` (e.g. float32, fast); the value reported for each starting
@@ -39,6 +39,7 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
         ascent_steps: gradient-ascent steps on each point (each followed by power steps).
         step: progress callback, called once per power iteration.
         exact_model: the model that evaluates the reported values (default: ``model``).
+        found: if given, receives ``z`` and ``v``: the sample and unit direction of the result.
 
     Returns:
         (lower bound, note saying where it was reached).
@@ -121,4 +122,6 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
             lower, where = jv, origin
         if secant > lower:
             lower, where = secant, f"secant at sample {i}"
+        if found is not None and lower in (jv, secant):
+            found.update(z=z64, v=v64)
     return lower, where + ("" if ascent_ok else " (no gradient ascent: unsupported op)")
