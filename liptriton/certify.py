@@ -190,8 +190,11 @@ def certify(model: nn.Module, example_input: Tensor, labels: Tensor | None = Non
                     "certify: lower bound", show)
     fast = copy.deepcopy(net).float()  # the search in float32 (exact copies of the float32 weights)
     found: dict = {}
-    lower, note = jacobian_lower_bound(fast, x.float(), n_samples, power_iters, ascent_steps, bar, exact_model=net,
-                                       found=found)
+    try:
+        lower, note = jacobian_lower_bound(fast, x.float(), n_samples, power_iters, ascent_steps, bar,
+                                           exact_model=net, found=found)
+    except RuntimeError:  # a model that casts to float64 itself cannot run in float32: search in float64
+        lower, note = jacobian_lower_bound(net, x, n_samples, power_iters, ascent_steps, bar, found=found)
     bar.close()
     if gm is not None:
         check_sound(gm, rows, upper, lower, found, CertificateError)
