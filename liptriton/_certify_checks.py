@@ -12,12 +12,15 @@ from torch.autograd import forward_ad as fwAD
 from torch.fx.passes.shape_prop import ShapeProp
 
 from liptriton._bounds import NodeBound
-from liptriton._fn_rules_basic import VALUE_KEY
+from liptriton._fn_rules_basic import VALUE_KEY, RuleContext
 
-__all__ = ["SOUNDNESS_RTOL", "check_finite", "check_runs", "check_sound", "record_shapes"]
+__all__ = ["LOW_PRECISION_RTOL", "SOUNDNESS_RTOL", "check_finite", "check_runs", "check_sound", "record_shapes"]
 
-# a measured lower bound may exceed the upper bound by float64 rounding, never by more
+# a measured lower bound may exceed the upper bound by float64 rounding, never by more (by float32
+# rounding where the model itself computes in float32)
 SOUNDNESS_RTOL = 1e-6
+LOW_PRECISION_RTOL = 1e-3
+_METADATA = ("shape", "dtype", "device", "ndim", "layout", "is_cuda")
 
 
 def check_finite(model: nn.Module, where: str) -> None:
@@ -50,9 +53,12 @@ def check_runs(net: nn.Module, x: Tensor) -> None:
 def record_shapes(gm: fx.GraphModule, x: Tensor) -> None:
     """Shape propagation that also keeps, in ``node.meta``, the value of every node that cannot
     depend on the input (parameters, constants) and every non-tensor value (shapes, numbers)."""
-    depends: set[str] = set()
+    depends: set[str] = set()  # nodes whose value may depend on the input's values (not only its shape)
     for node in gm.graph.nodes:
-        if (node.op == "placeholder" and not depends) or any(a.name in depends for a in node.all_input_nodes):
+        metadata = (node.op == "call_method" and node.target in ("size", "dim", "numel")) or (
+            node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA)
+        if (node.op == "placeholder" and not depends) or (
+                not metadata and any(a.name in depends for a in node.all_input_nodes)):
             depends.add(node.name)
 
     class _Record(ShapeProp):
@@ -95,7 +101,7 @@ def _node_values(gm: fx.GraphModule, z: Tensor, v: Tensor | None) -> dict[str, t
     return values
 
 
-def _culprit(gm: fx.GraphModule, rows: list[NodeBound], z: Tensor, v: Tensor) -> str:
+def _culprit(gm: fx.GraphModule, rows: list[NodeBound], z: Tensor, v: Tensor, rtol: float) -> str:
     """The first node whose measured rate of change along ``v`` at ``z`` exceeds its bound."""
     rates: dict[str, float] = {}
     h = 1e-6 * (float(z.norm()) + 1.0)
@@ -112,7 +118,7 @@ def _culprit(gm: fx.GraphModule, rows: list[NodeBound], z: Tensor, v: Tensor) ->
                 rates[name] = max(rates.get(name, 0.0), float(tangent.norm()))
     for r in rows:
         rate = rates.get(r.name)
-        if rate is not None and rate > r.bound * (1 + SOUNDNESS_RTOL) + 1e-12:
+        if rate is not None and rate > r.bound * (1 + rtol) + 1e-12:
             return (f"node {r.name!r} ({r.op}, rule: {r.note}) changes at rate {rate:.6g} along the direction "
                     f"found, above its bound {r.bound:.6g}")
     return "no single node could be singled out (the output as a whole)"
@@ -121,11 +127,14 @@ def _culprit(gm: fx.GraphModule, rows: list[NodeBound], z: Tensor, v: Tensor) ->
 def check_sound(gm: fx.GraphModule | None, rows: list[NodeBound], upper: float, lower: float, found: dict,
                 error: type[Exception]) -> None:
     """Raise ``error`` naming the node at fault if ``lower`` exceeds ``upper`` beyond rounding."""
-    if gm is None or not math.isfinite(upper) or lower <= upper * (1 + SOUNDNESS_RTOL) + 1e-12:
+    low = any(m is not None and m.dtype not in (torch.float64, torch.complex128) and m.dtype.is_floating_point
+              for m in (RuleContext.meta(n) for n in gm.graph.nodes)) if gm is not None else False
+    rtol = LOW_PRECISION_RTOL if low else SOUNDNESS_RTOL
+    if gm is None or not math.isfinite(upper) or lower <= upper * (1 + rtol) + 1e-12:
         return
     where = "the point was not recorded"
     if "z" in found:
-        where = _culprit(gm, rows, found["z"].to(torch.float64), found["v"].to(torch.float64))
+        where = _culprit(gm, rows, found["z"].to(torch.float64), found["v"].to(torch.float64), rtol)
     raise error(f"certify: the measured lower bound {lower:.6g} exceeds the proven upper bound {upper:.6g}: "
                 f"{where}. A certificate is never allowed to be below a measurement: this is a bug of "
                 "liptriton (a rule that misses an input or a discontinuity); please report it with the model.")
