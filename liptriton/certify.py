@@ -181,7 +181,7 @@ def certify(model: nn.Module, example_input: Tensor, labels: Tensor | None = Non
         upper = math.inf
         unbounded.append(("<model>", f"torch.fx could not trace the model: {type(err).__name__}: {err}"))
     else:
-        record_shapes(gm, x[:1])
+        record_shapes(gm, x[:1].clone())
         bar = _Progress(len(gm.graph.nodes), "certify: upper bound", show)
         rows, upper = propagate(gm, nominal=False, step=bar)
         bar.close()
