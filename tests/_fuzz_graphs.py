@@ -42,7 +42,7 @@ class Program(nn.Module):
         return vals[-1].flatten(1)
 
 
-def _apply(m: Program, op: str, key: str, a, b, arg):  # noqa: C901 (one branch per op, on purpose)
+def _apply(m: Program, op: str, key: str, a, b, arg):
     if op in ("module",):
         return m.layers[key](a)
     if op == "relu":
