@@ -4,10 +4,13 @@ The upper bound is propagated through the model's torch.fx graph from guaranteed
 constants (see :mod:`liptriton._bounds`): dense layers by float64 SVD of the weight the layer
 applies, convolutions by :func:`liptriton.ops.conv_bound.conv_norm_bound` at the input's size
 (exact for small operators, a circular-embedding bound otherwise), never by the layers' own
-power-iteration estimates. The lower bound comes from Jacobians at sample points
-(:mod:`liptriton._lower`). Everything runs on a float64 copy of the model, with its
-parametrizations baked into plain weights, in eval mode: the model itself (mode, parameters,
-power-iteration buffers) is left as it was.
+power-iteration estimates; functions and methods by the rules of :mod:`liptriton._fn_rules`,
+each accounting for every input that can change its value (discontinuous, random and unknown
+operations get ``inf`` with the reason). The lower bound comes from Jacobians at sample points
+(:mod:`liptriton._lower`); one above the upper bound raises :class:`CertificateError`.
+Everything runs on a float64 copy of the model, with its parametrizations baked into plain
+weights, in eval mode: the model itself (mode, parameters, power-iteration buffers) is left as
+it was.
 """
 
 from __future__ import annotations
@@ -118,7 +121,15 @@ def _baked_copy(model: nn.Module) -> nn.Module:
 
 
 class CertificateError(RuntimeError):
-    """A measured lower bound above the proven upper bound: a rule of certify is wrong (a bug, never a result)."""
+    """A measured lower bound above the proven upper bound: a rule of certify is wrong (a bug, never a result).
+
+    The message names the first node of the graph whose value changed faster than its bound
+    allows, with its rule.
+
+    Examples:
+        >>> issubclass(CertificateError, RuntimeError)
+        True
+    """
 
 
 def _validate(model, example_input) -> None:
