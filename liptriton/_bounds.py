@@ -9,6 +9,7 @@ its weighted sum, and an op without a finite constant gives ``inf`` with the rea
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -190,6 +191,14 @@ def _function_rule(node: fx.Node, b: Callable, gm: fx.GraphModule | None = None,
     return function_rule(node, ctx)
 
 
+def _has_integer_part(node: fx.Node) -> bool:
+    """Whether a tuple-valued node (torch.max(x, dim), sort, topk) holds an integer tensor."""
+    meta = node.meta.get("tensor_meta")
+    if not isinstance(meta, (tuple, list)):
+        return False
+    return any(getattr(m, "dtype", torch.float32).is_floating_point is False for m in meta)
+
+
 def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None = None
               ) -> tuple[list[NodeBound], float]:
     """Propagate bounds through ``gm`` (shapes in ``node.meta['tensor_meta']`` where known).
@@ -250,13 +259,17 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
                     note = f"called with more input-dependent tensors ({', '.join(extra)}) than its rule accounts for"
         elif node.op == "output":
             local, bound, note = 1.0, b(node.args[0]), "output"
-            out = bound
         elif node.target in RANDOM or (node.op == "call_method" and RANDOM_METHODS.get(node.target)):
             local, bound, note = _INF, _INF, "random: the model is not a function of its input"
         elif all(b(a) == 0.0 for a in node.all_input_nodes):
             local, bound, note = 0.0, 0.0, "does not depend on the input"
         else:
             local, bound, note = function_rule(node, ctx)
+        if node.op != "placeholder" and not (node.op == "call_function" and node.target in (operator.getitem,
+                                                                                            getattr)):
+            mixed = [a.name for a in node.all_input_nodes if b(a) > 0 and _has_integer_part(a)]
+            if mixed:  # e.g. the output is torch.max(x, dim) itself: its indices are part of the value
+                local, bound, note = _INF, _INF, f"uses the integer part (indices) of {', '.join(mixed)}: discontinuous"
         if node.op in ("call_function", "call_method", "call_module"):
             meta = RuleContext.meta(node)
             if meta is not None and not (meta.dtype.is_floating_point or meta.dtype.is_complex) and bound > 0:
@@ -264,6 +277,8 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
             local, bound, why = check_inplace(node, gm, local, bound, ctx, bounds, order, groups)
             note = why or note
         bounds[node.name] = bound
+        if node.op == "output":
+            out = bound
         rows.append(NodeBound(node.name, op, local, bound, note))
         if step is not None:
             step()

@@ -155,6 +155,8 @@ def _matmul(node, ctx):
 
 def _cat(node, ctx):
     parts = node.args[0] if node.args else node.kwargs.get("tensors", ())
+    if isinstance(parts, fx.Node):  # a tuple node (chunk, split): its bound is that of its concatenation
+        return 1.0, ctx.b(parts), "concatenation of a tuple"
     return 1.0, math.sqrt(sum(ctx.b(p) ** 2 for p in parts)), "quadrature"
 
 
@@ -187,7 +189,9 @@ def _attribute(node, ctx):
     attr = node.args[1]
     if attr in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "is_sparse"):
         return 0.0, 0.0, "metadata (not the values)"
-    if attr in ("T", "mT", "H", "mH", "data", "real"):
+    if attr == "indices":
+        return discontinuous(node, ctx, "indices of max / min / sort / topk")
+    if attr in ("T", "mT", "H", "mH", "data", "real", "values"):
         return unary(node, ctx, 1.0, f".{attr} (a permutation / the values)")
     return INF, INF, f"no Lipschitz rule for attribute .{attr}"
 

@@ -14,12 +14,21 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp
+from torch.utils._pytree import tree_leaves
 
 __all__ = ["jacobian_lower_bound"]
 
 
 def _unit(v: Tensor) -> Tensor:
     return v / v.norm().clamp_min(1e-300)
+
+
+def _flat(out, dtype: torch.dtype) -> Tensor:
+    """The model's output as one vector (a tuple or dict of tensors: all of them, integers included)."""
+    if isinstance(out, Tensor):
+        return out.flatten()
+    leaves = [t for t in tree_leaves(out) if isinstance(t, Tensor)]
+    return torch.cat([t.flatten().to(dtype) for t in leaves]) if leaves else torch.zeros(0, dtype=dtype)
 
 
 def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, power_iters: int = 20,
@@ -53,7 +62,7 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
     def functional(net: nn.Module) -> Callable[[Tensor], Tensor]:
         params = {k: v.detach() for k, v in net.named_parameters()}
         buffers = {k: v.detach() for k, v in net.named_buffers()}
-        return lambda z: functional_call(net, (params, buffers), (z.unsqueeze(0),)).flatten()
+        return lambda z: _flat(functional_call(net, (params, buffers), (z.unsqueeze(0),)), z.dtype)
 
     f = functional(model)
     exact = functional(exact_model if exact_model is not None else model)

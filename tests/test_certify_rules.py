@@ -90,11 +90,26 @@ def test_broadcasting_counts_the_copies():
     ("random", lambda m, x: x + torch.randn_like(x), "random"),
     ("training dropout", lambda m, x: F.dropout(x, 0.5), "random"),
     ("product of two inputs", lambda m, x: m.a(x) * m.b(x), "two input-dependent"),
+    ("max with its indices", lambda m, x: torch.max(m.a(x), dim=1), "integer part (indices)"),
+    ("indices attribute", lambda m, x: torch.max(m.a(x), dim=1).indices.float(), "discontinuous"),
 ])
 def test_discontinuous_random_and_unknown_ops_have_no_finite_bound(name, fn, why):
     cert = _cert(fn)
     assert cert.upper == math.inf, name
     assert any(why in reason for _, reason in cert.unbounded), cert.unbounded
+
+
+@pytest.mark.parametrize("name,fn,expected", [
+    ("max values", lambda m, x: torch.max(x.view(-1, 2, 2), dim=2).values, 1.0),
+    ("chunks reversed", lambda m, x: torch.cat(x.chunk(2, 1)[::-1], 1) * 2, 2.0),
+    ("reflect padding", lambda m, x: F.pad(x.view(-1, 1, 4), (2, 3), mode="reflect"), math.sqrt(3.0)),
+    ("repeat", lambda m, x: x.repeat(1, 3), math.sqrt(3.0)),
+    ("tuple output", lambda m, x: (2 * x, x[:, :2]), math.sqrt(5.0)),
+])
+def test_selections_and_tuples_are_exact(name, fn, expected):
+    cert = _cert(fn)
+    assert cert.upper == pytest.approx(expected, rel=1e-9), name
+    assert cert.lower == pytest.approx(expected, rel=1e-4) and cert.lower <= cert.upper, name
 
 
 def test_in_place_writes_are_accounted_for():
