@@ -35,6 +35,7 @@ from liptriton.ops.conv_operator import ConvSpec
 __all__ = ["TRACE_ERRORS", "LeafTracer", "NodeBound", "module_constant", "propagate"]
 
 _INF = math.inf
+_RULE_ERRORS = (TypeError, ValueError, RuntimeError, IndexError, KeyError, AttributeError, NotImplementedError)
 # what tracing user code can raise (data-dependent control flow, unsupported calls, ...)
 TRACE_ERRORS = (fx.proxy.TraceError, TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError,
                 AssertionError, IndexError, KeyError)
@@ -264,7 +265,10 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
         elif all(b(a) == 0.0 for a in node.all_input_nodes):
             local, bound, note = 0.0, 0.0, "does not depend on the input"
         else:
-            local, bound, note = function_rule(node, ctx)
+            try:
+                local, bound, note = function_rule(node, ctx)
+            except _RULE_ERRORS as err:  # an argument form a rule does not handle: no bound, never a crash
+                local, bound, note = _INF, _INF, f"its rule does not handle this call ({type(err).__name__}: {err})"
         if node.op != "placeholder" and not (node.op == "call_function" and node.target in (operator.getitem,
                                                                                             getattr)):
             mixed = [a.name for a in node.all_input_nodes if b(a) > 0 and _has_integer_part(a)]

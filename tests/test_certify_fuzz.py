@@ -30,6 +30,9 @@ def _violations(programs, climbs: int = 4) -> tuple[list[str], int]:
         except CertificateError as err:  # certify's own measurement exceeded its bound
             bad.append(f"{model.steps}: {err}")
             continue
+        crashed = [why for _, why in cert.unbounded if "does not handle" in why]
+        if crashed:  # a rule raised on a call form it should know: a bug, even though inf is sound
+            bad.append(f"{model.steps}: {crashed}")
         lower = lower_bound(model, x, rng, climbs=climbs)
         finite += math.isfinite(cert.upper)
         if cert.upper < lower * (1 - 1e-6) - 1e-9:

@@ -165,6 +165,15 @@ def test_float_casts_are_the_identity():
     assert cert.upper == pytest.approx(2.0, rel=1e-6) and cert.lower == pytest.approx(cert.upper, rel=1e-4)
 
 
+def test_a_rule_that_raises_gives_no_bound_not_a_crash(monkeypatch):
+    def broken(node, ctx):
+        raise TypeError("an argument form the rule does not handle")
+
+    monkeypatch.setitem(rules.RULES, torch.tanh, broken)
+    cert = _cert(lambda m, x: torch.tanh(m.a(x)))
+    assert cert.upper == math.inf and "does not handle this call (TypeError" in cert.unbounded[0][1]
+
+
 def test_a_lower_bound_above_the_upper_bound_is_an_error_naming_the_node(monkeypatch):
     monkeypatch.setitem(rules.RULES, torch.tanh, lambda n, c: unary(n, c, 0.01, "a wrong rule"))
     with pytest.raises(CertificateError, match="node 'tanh'.*a wrong rule.*bug of liptriton"):
