@@ -127,14 +127,15 @@ class RuleContext:
         return None
 
     def resolve(self, a: Any) -> Any:
-        """``a`` with every node replaced by its constant value; None if one is unknown."""
+        """``a`` with every node replaced by its constant value (tensors on the CPU, where the
+        rules measure); None if one is unknown."""
         missing = []
 
         def one(x):
             v = self.value(x)
             if v is None:
                 missing.append(x)
-            return v
+            return v.detach().cpu() if isinstance(v, Tensor) else v
 
         out = fx.node.map_aggregate(a, lambda x: one(x) if isinstance(x, fx.Node) else x)
         return None if missing else out
