@@ -38,7 +38,7 @@ def check_runs(net: nn.Module, x: Tensor) -> None:
     """Run the model on one sample; raise a ValueError with the model's own error if it cannot."""
     try:
         with torch.no_grad():
-            net(x[:1])
+            net(x[:1].clone())
     except Exception as err:  # noqa: BLE001 (whatever the model raises means: not an input it takes)
         hint = ""
         if x.dim() == 1:
@@ -94,10 +94,10 @@ def _node_values(gm: fx.GraphModule, z: Tensor, v: Tensor | None) -> dict[str, t
 
     with torch.no_grad():
         if v is None:
-            _Keep(gm).run(z.unsqueeze(0))
+            _Keep(gm).run(z.unsqueeze(0).clone())
         else:
             with fwAD.dual_level():
-                _Keep(gm).run(fwAD.make_dual(z.unsqueeze(0), v.unsqueeze(0)))
+                _Keep(gm).run(fwAD.make_dual(z.unsqueeze(0).clone(), v.unsqueeze(0).clone()))
     return values
 
 

@@ -58,6 +58,17 @@ def is_inplace(node: fx.Node, gm: fx.GraphModule) -> bool:
     return False
 
 
+def _advanced(index) -> bool:
+    """Whether an index is advanced (lists, tensors): the result is a copy, not a view."""
+    items = index if isinstance(index, tuple) else (index,)
+    for i in items:
+        if isinstance(i, (list, torch.Tensor)):
+            return True
+        if isinstance(i, fx.Node) and RuleContext.meta(i) is not None:  # a tensor index
+            return True
+    return False
+
+
 def aliases(gm: fx.GraphModule) -> dict[str, str]:
     """Union-find root of every node over the ops that may return a view of (or write into) their input."""
     parent: dict[str, str] = {}
@@ -74,6 +85,8 @@ def aliases(gm: fx.GraphModule) -> dict[str, str]:
             continue
         view = (node.op == "call_method" and node.target in _VIEW_METHODS) or (
             node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+        if node.target is operator.getitem and _advanced(node.args[1]):
+            view = False  # advanced indexing copies
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
             view = isinstance(mod, (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,

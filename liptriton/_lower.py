@@ -62,7 +62,8 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
     def functional(net: nn.Module) -> Callable[[Tensor], Tensor]:
         params = {k: v.detach() for k, v in net.named_parameters()}
         buffers = {k: v.detach() for k, v in net.named_buffers()}
-        return lambda z: _flat(functional_call(net, (params, buffers), (z.unsqueeze(0),)), z.dtype)
+        # a fresh input per call: a model that writes into its input must not change the sample
+        return lambda z: _flat(functional_call(net, (params, buffers), (z.unsqueeze(0).clone(),)), z.dtype)
 
     f = functional(model)
     exact = functional(exact_model if exact_model is not None else model)

@@ -211,7 +211,7 @@ def certify(model: nn.Module, example_input: Tensor, labels: Tensor | None = Non
         check_sound(gm, rows, upper, lower, found, CertificateError)
     radii = None
     with torch.no_grad():
-        out = net(x)
+        out = net(x.clone())
     if isinstance(out, Tensor) and out.dim() in (1, 2) and math.isfinite(upper) and upper > 0:
         radii = certified_radius(out.float(), labels, upper)
     ratio = upper / lower if lower > 0 else math.inf

@@ -6,6 +6,7 @@ A model is a random program of steps over a list of values (the input first); ev
 reads earlier values and appends one. Steps: Conv2d, Linear, pooling (modules and functions),
 activations (GroupSort2 included), residual sums (with broadcasting and alpha), differences,
 cat, flatten / reshape / transpose, scalar and constant-tensor products (with broadcasting),
+writes in place (``mul_``, ``relu_``: later steps reading the written value see the write),
 clamp / maximum / minimum with tensor bounds, where / masked_fill with constant masks,
 constant indexing with repeats, float casts and (rarely) quantizing integer casts.
 """
@@ -107,6 +108,10 @@ def _apply(m: Program, op: str, key: str, a, b, arg):
         return a.masked_fill(getattr(m, key), arg)
     if op == "index":
         return a[:, arg]
+    if op == "mul_inplace":  # later steps reading the same value see the write
+        return a.mul_(arg)
+    if op == "relu_inplace":
+        return a.relu_()
     if op == "double":
         return a.double()
     if op == "quantize":
@@ -145,6 +150,8 @@ def random_program(rng: random.Random, quantize: float = 0.04) -> tuple[Program,
                 choices.append("transpose")
         else:
             choices += ["linear", "linear", "unflatten"]
+        if j > 0:  # never write into the model input
+            choices += ["mul_inplace", "relu_inplace"]
         if partners:
             choices += ["add", "add_alpha", "sub", "iadd", "clamp_min_t", "clamp_both_t", "maximum", "minimum",
                         "max_binary", "where", "cat"]
@@ -203,7 +210,7 @@ def random_program(rng: random.Random, quantize: float = 0.04) -> tuple[Program,
             out = (s[0] * s[1] * s[2],)
         elif op == "unflatten":
             out = (s[0], 1, 1)
-        elif op in ("scale", "rscale", "divide"):
+        elif op in ("scale", "rscale", "divide", "mul_inplace"):
             arg = rng.choice([-3.0, -0.5, 0.25, 2.0, 7.0])
         elif op == "leaky":
             arg = rng.choice([0.01, 0.3, 2.5])
@@ -233,14 +240,17 @@ def lower_bound(model: nn.Module, inputs: torch.Tensor, rng: random.Random, clim
     """Largest of: ||J(z)||_2 (full Jacobian, float64 SVD) at each sample, and secants
     ||f(z + h u) - f(z)|| / h along the top singular vector and random directions, improved by
     random search on (z, u) at several distances h."""
-    def f(z):
-        return model(z.unsqueeze(0)).flatten()
+    def f(z):  # a fresh input per call: a model may write into its input
+        return model(z.unsqueeze(0).clone()).flatten()
 
     best = 0.0
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
     for z in inputs:
         z = z.detach().double()
-        jac = torch.autograd.functional.jacobian(f, z).reshape(-1, z.numel())
+        try:
+            jac = torch.autograd.functional.jacobian(f, z).reshape(-1, z.numel())
+        except RuntimeError:  # a write in place autograd cannot differentiate through: secants only
+            jac = torch.zeros(0, z.numel(), dtype=torch.float64)
         _, sv, vh = torch.linalg.svd(jac, full_matrices=False)
         best = max(best, float(sv[0]) if sv.numel() else 0.0)
         dirs = [vh[0].reshape(z.shape)] if sv.numel() else []
