@@ -104,6 +104,8 @@ def _add(node, ctx):
 def _mul(node, ctx, divide: bool = False):
     """x * w or x / w with w a number or a constant tensor (broadcast counted); two input-dependent factors: inf."""
     x, y = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    if node.kwargs.get("rounding_mode") is not None:
+        return discontinuous(node, ctx, f"division with rounding_mode={node.kwargs['rounding_mode']!r}")
     bx, by = ctx.b(x), ctx.b(y)
     if bx > 0 and by > 0:
         return INF, INF, "product of two input-dependent factors (not globally Lipschitz)"

@@ -81,6 +81,7 @@ def test_broadcasting_counts_the_copies():
 @pytest.mark.parametrize("name,fn,why", [
     ("int cast", lambda m, x: x.to(torch.int64).to(torch.float32), "int64"),
     ("round", lambda m, x: torch.round(m.a(x)), "discontinuous"),
+    ("floor division", lambda m, x: torch.div(m.a(x), 0.5, rounding_mode="floor"), "rounding_mode"),
     ("comparison feeding arithmetic", lambda m, x: (x > 0).float() * m.a(x), "discontinuous"),
     ("argmax as data", lambda m, x: x.argmax(dim=1, keepdim=True).float() + x, "discontinuous"),
     ("data-dependent where", lambda m, x: torch.where(m.a(x) > 0, m.a(x), m.b(x)), "discontinuous"),
