@@ -15,7 +15,10 @@ import liptriton._fn_rules as rules
 from liptriton.certify import CertificateError
 from tests._fuzz_graphs import lower_bound, random_program
 
-N_GRAPHS = 240
+N_GRAPHS = 200
+# the only reasons a generated model may have no finite bound: a quantizing cast or rounding, and a
+# write in place into a tensor (the input) that an earlier view still reads
+_EXPECTED_INF = ("discontinuous", "writes in place")
 _MAXMIN_OPS = {"clamp_min_t", "clamp_both_t", "maximum", "minimum", "max_binary"}
 
 
@@ -30,9 +33,9 @@ def _violations(programs, climbs: int = 4) -> tuple[list[str], int]:
         except CertificateError as err:  # certify's own measurement exceeded its bound
             bad.append(f"{model.steps}: {err}")
             continue
-        crashed = [why for _, why in cert.unbounded if "does not handle" in why]
-        if crashed:  # a rule raised on a call form it should know: a bug, even though inf is sound
-            bad.append(f"{model.steps}: {crashed}")
+        unexpected = [why for _, why in cert.unbounded if not any(k in why for k in _EXPECTED_INF)]
+        if unexpected:  # e.g. a rule raised on a call form it should know: a bug, even though inf is sound
+            bad.append(f"{model.steps}: no bound for an unexpected reason: {unexpected}")
         lower = lower_bound(model, x, rng, climbs=climbs)
         finite += math.isfinite(cert.upper)
         if cert.upper < lower * (1 - 1e-6) - 1e-9:
@@ -45,9 +48,7 @@ def test_upper_bound_never_below_an_independent_lower_bound():
     programs = [random_program(rng) for _ in range(N_GRAPHS)]
     bad, finite = _violations(programs)
     assert not bad, "\n\n".join(bad[:3])
-    # not vacuous: most models get a finite bound (the rest hold a rounding or quantizing cast)
-    quantized = sum(any(op in ("quantize", "round") for op, _, _ in m.steps) for m, _ in programs)
-    assert finite >= N_GRAPHS - quantized - 2, (finite, quantized)
+    assert finite >= 0.85 * N_GRAPHS, finite  # not vacuous: most models get a finite bound
 
 
 def test_quantizing_casts_get_no_finite_bound():
