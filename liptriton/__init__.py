@@ -81,10 +81,10 @@ from liptriton.export import bake, load, load_metadata, save  # noqa: E402
 
 __all__ += ["bake", "save", "load", "load_metadata", "save_checkpoint", "load_checkpoint"]
 
-from liptriton.certify import Certificate, certify  # noqa: E402
+from liptriton.certify import Certificate, CertificateError, certify  # noqa: E402
 from liptriton.convert import ConversionReport, lipschitzify  # noqa: E402
 
-__all__ += ["lipschitzify", "ConversionReport", "certify", "Certificate"]
+__all__ += ["lipschitzify", "ConversionReport", "certify", "Certificate", "CertificateError"]
 
 from liptriton import utils  # noqa: E402
 

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from liptriton._fn_rules import RANDOM, RANDOM_METHODS, function_rule
+from liptriton._fn_rules_basic import RuleContext, smul
+from liptriton._inplace import aliases, check_inplace
 from liptriton._rules import (
     ConvexSum,
     Scaled,
@@ -32,6 +35,7 @@ from liptriton.ops.conv_operator import ConvSpec
 __all__ = ["TRACE_ERRORS", "LeafTracer", "NodeBound", "module_constant", "propagate"]
 
 _INF = math.inf
+_RULE_ERRORS = (TypeError, ValueError, RuntimeError, IndexError, KeyError, AttributeError, NotImplementedError)
 # what tracing user code can raise (data-dependent control flow, unsupported calls, ...)
 TRACE_ERRORS = (fx.proxy.TraceError, TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError,
                 AssertionError, IndexError, KeyError)
@@ -69,8 +73,8 @@ class LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (ConvexSum, Scaled, ScaledAdaptivePool)) or type(m).__name__ in _LIP_ACTS + _LIP_LEAVES:
             return True
-        if callable(getattr(m, "lipschitz_bound", None)):
-            return True
+        if callable(getattr(m, "lipschitz_bound", None)) and all(n == "parametrizations" for n, _ in m.named_children()):
+            return True  # a layer with its own bound; containers (liptriton.Sequential) are traced through
         return super().is_leaf_module(m, qualname)
 
 
@@ -172,18 +176,8 @@ def module_constant(module: nn.Module, in_shape: tuple[int, ...] | None, nominal
     return _INF, f"no Lipschitz rule for {name}"
 
 
-_ELEMENTWISE_1 = {torch.relu, F.relu, torch.tanh, F.tanh, F.hardtanh, F.relu6, F.softplus, torch.abs,
-                  operator.neg, torch.neg, operator.abs, F.dropout, F.dropout1d, F.dropout2d, torch.flatten,
-                  torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.clamp,
-                  F.softmax, torch.softmax}
-_SHAPE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
-                  "relu", "tanh", "abs", "neg", "float", "double", "to", "type_as", "clone", "detach", "chunk",
-                  "split", "unbind", "t", "mT", "clamp", "softmax", "movedim"}
 _FN_CONST = {torch.sigmoid: 0.25, F.sigmoid: 0.25, F.gelu: 1.129, F.silu: 1.0999, F.mish: 1.0885,
              F.hardswish: 1.5, torch.selu: 1.7581, F.selu: 1.7581}
-_ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
-_MUL = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div}
-_CAT = {torch.cat, torch.stack, torch.concat}
 
 
 def _shape(node) -> tuple[int, ...] | None:
@@ -191,78 +185,28 @@ def _shape(node) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-def _function_rule(node: fx.Node, b: Callable) -> tuple[float, float, str]:
+def _function_rule(node: fx.Node, b: Callable, gm: fx.GraphModule | None = None, strict: bool = False
+                   ) -> tuple[float, float, str]:
     """(local, bound, note) of a call_function / call_method node; ``b(arg)`` is an arg's bound."""
-    fn, args = node.target, node.args
-    name = getattr(fn, "__name__", str(fn))
-    if node.op == "call_method":
-        if fn in _SHAPE_METHODS:
-            return 1.0, b(args[0]), "shape op / 1-Lipschitz"
-        if fn in ("size", "dim", "numel"):
-            return 0.0, 0.0, "not a tensor"
-        if fn in ("add", "sub", "add_", "sub_"):
-            fn = operator.add
-        elif fn in ("mul", "div", "mul_", "div_"):
-            fn = operator.mul if fn.startswith("mul") else operator.truediv
-        elif fn in ("mean", "sum"):
-            shp = _shape(args[0])
-            dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
-            if shp is None:
-                return _INF, _INF, "input shape unknown"
-            dims = range(len(shp)) if dims is None else ([dims] if isinstance(dims, int) else dims)
-            n = math.prod(shp[d] for d in dims if d != 0 and d != -len(shp))
-            c = 1.0 / math.sqrt(n) if fn == "mean" else math.sqrt(n)
-            return c, c * b(args[0]), f"{fn} of {n} entries"
-        else:
-            return _INF, _INF, f"no Lipschitz rule for method .{fn}()"
-    if fn is getattr:
-        return 1.0, b(args[0]), "attribute"
-    if fn is operator.getitem:
-        index = args[1] if isinstance(args[1], tuple) else (args[1],)
-        if all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
-            return 1.0, b(args[0]), "selection"
-        return _INF, _INF, "advanced indexing (may repeat entries)"
-    if fn in _ELEMENTWISE_1:
-        return 1.0, b(args[0]), "1-Lipschitz"
-    if fn is F.leaky_relu:
-        c = max(1.0, abs(args[1] if len(args) > 1 else node.kwargs.get("negative_slope", 0.01)))
-        return c, c * b(args[0]), "slope"
-    if fn in _FN_CONST:
-        return _FN_CONST[fn], _FN_CONST[fn] * b(args[0]), "max |f'|"
-    if fn in _ADD:
-        alpha = abs(node.kwargs.get("alpha", 1.0))
-        return 1.0, b(args[0]) + alpha * b(args[1]), "sum"
-    if fn in _MUL:
-        x, y = args[0], args[1]
-        if isinstance(y, (int, float)) and b(x) >= 0:
-            c = abs(y) if fn in (operator.mul, operator.imul, torch.mul) else 1.0 / abs(y)
-            return c, c * b(x), "scalar"
-        if isinstance(x, (int, float)) and fn in (operator.mul, operator.imul, torch.mul):
-            return abs(x), abs(x) * b(y), "scalar"
-        if b(x) == 0 and b(y) == 0:
-            return 0.0, 0.0, "constant"
-        return _INF, _INF, "product with a non-scalar (input-dependent or tensor) factor"
-    if fn in _CAT:
-        parts = [b(a) for a in args[0]]
-        return 1.0, math.sqrt(sum(p * p for p in parts)), "quadrature"
-    if fn in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-              F.adaptive_avg_pool3d):
-        shp = _shape(args[0])
-        if shp is None:
-            return _INF, _INF, "input shape unknown"
-        c = _schur(lambda t: fn(t, *args[1:], **node.kwargs), shp)
-        return c, c * b(args[0]), "Schur"
-    if fn in (F.max_pool1d, F.max_pool2d, F.max_pool3d):
-        kw = dict(zip(("kernel_size", "stride", "padding", "dilation"), args[1:]), **node.kwargs)
-        nd = int(name[-2])
-        c = math.sqrt(window_overlap(kw["kernel_size"], kw.get("stride"), kw.get("dilation", 1), nd))
-        return c, c * b(args[0]), "overlap"
-    return _INF, _INF, f"no Lipschitz rule for function {name}"
+    ctx = RuleContext(b, gm, strict)
+    return function_rule(node, ctx)
+
+
+def _has_integer_part(node: fx.Node) -> bool:
+    """Whether a tuple-valued node (torch.max(x, dim), sort, topk) holds an integer tensor."""
+    meta = node.meta.get("tensor_meta")
+    if not isinstance(meta, (tuple, list)):
+        return False
+    return any(getattr(m, "dtype", torch.float32).is_floating_point is False for m in meta)
 
 
 def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None = None
               ) -> tuple[list[NodeBound], float]:
     """Propagate bounds through ``gm`` (shapes in ``node.meta['tensor_meta']`` where known).
+
+    Every node gets the bound of its value as a function of the model input; a node whose
+    value is an integer or bool tensor that depends on the input gets ``inf`` (a step
+    function); a write in place is accounted for wherever the written tensor is read later.
 
     Args:
         gm: a traced module (leaves as :class:`LeafTracer` picks them).
@@ -276,23 +220,23 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
     rows: list[NodeBound] = []
     seen_input = False
     out = _INF
-
-    def b(a) -> float:
-        if isinstance(a, fx.Node):
-            return bounds[a.name]
-        if isinstance(a, (list, tuple)):
-            return math.sqrt(sum(b(x) ** 2 for x in a))
-        return 0.0
+    ctx = RuleContext(lambda n: bounds[n.name], gm, strict=not nominal)
+    b = ctx.b
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    groups = aliases(gm)
 
     for node in gm.graph.nodes:
         note = ""
+        op = node.op if node.op in ("placeholder", "output", "get_attr") else str(
+            getattr(node.target, "__name__", node.target))
         if node.op == "placeholder":
             local, bound = 1.0, 0.0 if seen_input else 1.0
-            seen_input, note = True, "model input"
+            seen_input, note = True, "model input" if bound else "extra input (its default: a constant)"
         elif node.op == "get_attr":
             local, bound, note = 0.0, 0.0, "constant"
         elif node.op == "call_module":
             mod = gm.get_submodule(node.target)
+            op = type(mod).__name__
             if isinstance(mod, ConvexSum) or type(mod).__name__ == "LipResidual":
                 if isinstance(mod, ConvexSum):
                     w = mod.weights().detach().double().abs().tolist()
@@ -300,28 +244,45 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
                     a = float(torch.sigmoid(mod.alpha.detach().double()))
                     w = [a, 1.0 - a]
                 local = 1.0
-                parts = [b(a) for a in node.args]
+                parts = [smul(ctx.bcast(a, node), b(a)) for a in node.args]
                 # planning (nominal) must hold for any learned weights: max_i L_i
-                bound = max(parts) if nominal else sum(wi * p for wi, p in zip(w, parts))
+                bound = max(parts) if nominal else sum(smul(wi, p) for wi, p in zip(w, parts))
                 note = "convex combination: " + ("max_i L_i" if nominal else "sum_i w_i L_i")
+                if len(parts) != len(w) or node.kwargs:
+                    local, bound, note = _INF, _INF, f"{op} called with {len(parts)} inputs for {len(w)} weights"
             else:
-                shape = _shape(node.args[0]) if node.args else None
-                local, note = module_constant(mod, shape, nominal)
-                x = b(node.args[0]) if node.args else 0.0
-                bound = 0.0 if x == 0.0 else local * x
-            op = type(mod).__name__
+                first = node.args[0] if node.args else None
+                extra = [a.name for a in node.all_input_nodes if a is not first and b(a) > 0]
+                local, note = module_constant(mod, _shape(first), nominal)
+                bound = smul(local, b(first))
+                if extra:
+                    local, bound = _INF, _INF
+                    note = f"called with more input-dependent tensors ({', '.join(extra)}) than its rule accounts for"
         elif node.op == "output":
             local, bound, note = 1.0, b(node.args[0]), "output"
-            out = bound
+        elif node.target in RANDOM or (node.op == "call_method" and RANDOM_METHODS.get(node.target)):
+            local, bound, note = _INF, _INF, "random: the model is not a function of its input"
+        elif all(b(a) == 0.0 for a in node.all_input_nodes):
+            local, bound, note = 0.0, 0.0, "does not depend on the input"
         else:
-            if all(b(a) == 0.0 for a in node.all_input_nodes):
-                local, bound, note = 0.0, 0.0, "does not depend on the input"
-            else:
-                local, bound, note = _function_rule(node, b)
-        if node.op != "call_module":
-            op = node.op if node.op in ("placeholder", "output", "get_attr") else str(
-                getattr(node.target, "__name__", node.target))
+            try:
+                local, bound, note = function_rule(node, ctx)
+            except _RULE_ERRORS as err:  # an argument form a rule does not handle: no bound, never a crash
+                local, bound, note = _INF, _INF, f"its rule does not handle this call ({type(err).__name__}: {err})"
+        if node.op != "placeholder" and not (node.op == "call_function" and node.target in (operator.getitem,
+                                                                                            getattr)):
+            mixed = [a.name for a in node.all_input_nodes if b(a) > 0 and _has_integer_part(a)]
+            if mixed:  # e.g. the output is torch.max(x, dim) itself: its indices are part of the value
+                local, bound, note = _INF, _INF, f"uses the integer part (indices) of {', '.join(mixed)}: discontinuous"
+        if node.op in ("call_function", "call_method", "call_module"):
+            meta = RuleContext.meta(node)
+            if meta is not None and not (meta.dtype.is_floating_point or meta.dtype.is_complex) and bound > 0:
+                local, bound, note = _INF, _INF, f"{meta.dtype} valued: discontinuous in the input ({note})"
+            local, bound, why = check_inplace(node, gm, local, bound, ctx, bounds, order, groups)
+            note = why or note
         bounds[node.name] = bound
+        if node.op == "output":
+            out = bound
         rows.append(NodeBound(node.name, op, local, bound, note))
         if step is not None:
             step()

@@ -18,13 +18,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "EXPORT_FORMAT", "FORMAT_VERSION", "check_state", "check_user_metadata", "cpu_tensors",
+    "CHECKPOINT_FORMAT", "EXPORT_FORMAT", "FORMAT_VERSION", "check_folder", "check_state", "check_user_metadata", "cpu_tensors",
     "digest", "read", "versions", "write",
 ]
 
 FORMAT_VERSION = 1
 EXPORT_FORMAT = "liptriton.export"
 CHECKPOINT_FORMAT = "liptriton.checkpoint"
+_MAX_HEADER = 100_000_000  # the safetensors parser's own limit on the header length
 
 
 def cpu_tensors(owner: str, state: dict[str, Any], prefix: str = "") -> dict[str, Tensor]:
@@ -68,10 +69,29 @@ def check_user_metadata(owner: str, metadata: dict | None) -> dict:
     return metadata
 
 
-def write(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Write a safetensors file atomically; every metadata value is JSON-encoded."""
+def check_folder(owner: str, path: str | os.PathLike) -> None:
+    """Raise FileNotFoundError (NotADirectoryError) if the folder that would hold ``path`` is missing.
+
+    Saving never creates folders (as ``torch.save``): a typo in a path is an error, not a new tree.
+    """
+    folder = Path(os.fspath(path)).parent
+    if not folder.exists():
+        raise FileNotFoundError(f"{owner}: the folder {str(folder)!r} of {os.fspath(path)!r} does not exist; "
+                                "create it first (os.makedirs(folder, exist_ok=True)): nothing was written")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{owner}: {str(folder)!r} (the folder of {os.fspath(path)!r}) is not a folder")
+    if Path(os.fspath(path)).is_dir():
+        raise IsADirectoryError(f"{owner}: {os.fspath(path)!r} is a folder; expected a file name to write")
+
+
+def write(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, Any], owner: str = "liptriton") -> None:
+    """Write a safetensors file atomically; every metadata value is JSON-encoded.
+
+    Raises FileNotFoundError naming the folder when it does not exist (see :func:`check_folder`).
+    """
     from safetensors.torch import save_file
 
+    check_folder(owner, path)
     header = {k: json.dumps(v) for k, v in meta.items()}
     header["sha256"] = json.dumps(digest(tensors, header))
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
@@ -83,25 +103,42 @@ def write(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, A
             os.remove(tmp)
 
 
+def _not_safetensors(owner: str, path: Path, head: bytes, size: int) -> ValueError:
+    """Why a file whose header is not a valid safetensors header is refused (only called then)."""
+    if head.startswith(b"PK\x03\x04"):
+        return ValueError(f"{owner}: {path} is a zip archive (torch.save format?), not a safetensors file; "
+                          "liptriton reads safetensors only")
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return ValueError(f"{owner}: {path} is a pickle stream (torch.save's legacy format?), not a safetensors "
+                          "file; liptriton reads safetensors only")
+    if size < 8:
+        return ValueError(f"{owner}: {path} is too short ({size} bytes) to be a safetensors file (truncated?)")
+    n = struct.unpack("<Q", head[:8])[0]
+    return ValueError(f"{owner}: {path} is truncated or not a safetensors file (an 8-byte header length of {n}, "
+                      f"file of {size} bytes)")
+
+
 def _check_header(owner: str, path: Path) -> None:
-    """Reject what is not a safetensors file, with the reason, before the parser sees it."""
+    """Reject what is not a safetensors file, with the reason, before the parser sees it.
+
+    The format: an 8-byte little-endian header length ``n``, then ``n`` bytes of JSON (an
+    object), then the data. Only a file that fails this is diagnosed (zip, pickle, truncated):
+    no signature test can refuse a valid file, whatever its first bytes.
+    """
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(9)
-    if head.startswith(b"PK\x03\x04"):
-        raise ValueError(f"{owner}: {path} is a zip archive (torch.save/pickle format?), not a safetensors "
-                         "file; liptriton reads safetensors only")
-    if head[:1] == b"\x80":
-        raise ValueError(f"{owner}: {path} is a pickle stream, not a safetensors file; liptriton reads "
-                         "safetensors only")
-    if len(head) < 9:
-        raise ValueError(f"{owner}: {path} is too short ({size} bytes) to be a safetensors file (truncated?)")
-    n = struct.unpack("<Q", head[:8])[0]
-    if n > size - 8:
-        raise ValueError(f"{owner}: {path} is truncated or not a safetensors file (header of {n} bytes, "
-                         f"file of {size})")
-    if head[8:9] != b"{":
-        raise ValueError(f"{owner}: {path} is not a safetensors file (no JSON header)")
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if n is None or n < 2 or n > size - 8 or n > _MAX_HEADER:
+            raise _not_safetensors(owner, path, head, size)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise ValueError(  # noqa: TRY004 (the file's content is wrong, not an argument's type)
+            f"{owner}: {path} is not a safetensors file (its {n}-byte header is not a JSON object)")
 
 
 def read(owner: str, path: str | os.PathLike, fmt: str | None, tensors: bool = True) -> tuple[dict, dict]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp
+from torch.utils._pytree import tree_leaves
 
 __all__ = ["jacobian_lower_bound"]
 
@@ -22,9 +23,17 @@ def _unit(v: Tensor) -> Tensor:
     return v / v.norm().clamp_min(1e-300)
 
 
+def _flat(out, dtype: torch.dtype) -> Tensor:
+    """The model's output as one vector (a tuple or dict of tensors: all of them, integers included)."""
+    if isinstance(out, Tensor):
+        return out.flatten()
+    leaves = [t for t in tree_leaves(out) if isinstance(t, Tensor)]
+    return torch.cat([t.flatten().to(dtype) for t in leaves]) if leaves else torch.zeros(0, dtype=dtype)
+
+
 def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, power_iters: int = 20,
                          ascent_steps: int = 5, step: Callable[[], None] | None = None,
-                         exact_model: nn.Module | None = None) -> tuple[float, str]:
+                         exact_model: nn.Module | None = None, found: dict | None = None) -> tuple[float, str]:
     """Lower bound of the Lipschitz constant of ``model`` (eval mode, no in-place buffer updates).
 
     The search runs on ``model`` (e.g. float32, fast); the value reported for each starting
@@ -39,6 +48,7 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
         ascent_steps: gradient-ascent steps on each point (each followed by power steps).
         step: progress callback, called once per power iteration.
         exact_model: the model that evaluates the reported values (default: ``model``).
+        found: if given, receives ``z`` and ``v``: the sample and unit direction of the result.
 
     Returns:
         (lower bound, note saying where it was reached).
@@ -52,7 +62,8 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
     def functional(net: nn.Module) -> Callable[[Tensor], Tensor]:
         params = {k: v.detach() for k, v in net.named_parameters()}
         buffers = {k: v.detach() for k, v in net.named_buffers()}
-        return lambda z: functional_call(net, (params, buffers), (z.unsqueeze(0),)).flatten()
+        # a fresh input per call: a model that writes into its input must not change the sample
+        return lambda z: _flat(functional_call(net, (params, buffers), (z.unsqueeze(0).clone(),)), z.dtype)
 
     f = functional(model)
     exact = functional(exact_model if exact_model is not None else model)
@@ -121,4 +132,6 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
             lower, where = jv, origin
         if secant > lower:
             lower, where = secant, f"secant at sample {i}"
+        if found is not None and lower in (jv, secant):
+            found.update(z=z64, v=v64)
     return lower, where + ("" if ascent_ok else " (no gradient ascent: unsupported op)")

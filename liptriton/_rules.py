@@ -31,7 +31,7 @@ def activation_constant(module: nn.Module) -> float | None:
     if isinstance(module, nn.LeakyReLU):
         return max(1.0, abs(module.negative_slope))
     if isinstance(module, nn.ELU):
-        return max(1.0, float(module.alpha))
+        return max(1.0, abs(float(module.alpha)))  # slope alpha e^x for x < 0: |alpha| at 0
     if isinstance(module, nn.PReLU):
         return max(1.0, float(module.weight.detach().abs().max()))
     if isinstance(module, nn.Threshold):

@@ -4,10 +4,13 @@ The upper bound is propagated through the model's torch.fx graph from guaranteed
 constants (see :mod:`liptriton._bounds`): dense layers by float64 SVD of the weight the layer
 applies, convolutions by :func:`liptriton.ops.conv_bound.conv_norm_bound` at the input's size
 (exact for small operators, a circular-embedding bound otherwise), never by the layers' own
-power-iteration estimates. The lower bound comes from Jacobians at sample points
-(:mod:`liptriton._lower`). Everything runs on a float64 copy of the model, with its
-parametrizations baked into plain weights, in eval mode: the model itself (mode, parameters,
-power-iteration buffers) is left as it was.
+power-iteration estimates; functions and methods by the rules of :mod:`liptriton._fn_rules`,
+each accounting for every input that can change its value (discontinuous, random and unknown
+operations get ``inf`` with the reason). The lower bound comes from Jacobians at sample points
+(:mod:`liptriton._lower`); one above the upper bound raises :class:`CertificateError`.
+Everything runs on a float64 copy of the model, with its parametrizations baked into plain
+weights, in eval mode: the model itself (mode, parameters, power-iteration buffers) is left as
+it was.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
 from liptriton._bounds import TRACE_ERRORS, LeafTracer, NodeBound, propagate
+from liptriton._certify_checks import check_finite, check_runs, check_sound, record_shapes
 from liptriton._lower import jacobian_lower_bound
 from liptriton.metrics import certified_radius
 
-__all__ = ["Certificate", "certify"]
+__all__ = ["Certificate", "CertificateError", "certify"]
 
 
 class _Progress:
@@ -117,6 +120,18 @@ def _baked_copy(model: nn.Module) -> nn.Module:
     return dup.double()
 
 
+class CertificateError(RuntimeError):
+    """A measured lower bound above the proven upper bound: a rule of certify is wrong (a bug, never a result).
+
+    The message names the first node of the graph whose value changed faster than its bound
+    allows, with its rule.
+
+    Examples:
+        >>> issubclass(CertificateError, RuntimeError)
+        True
+    """
+
+
 def _validate(model, example_input) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"certify: model must be an nn.Module, got {type(model).__name__}")
@@ -145,7 +160,12 @@ def certify(model: nn.Module, example_input: Tensor, labels: Tensor | None = Non
 
     Raises:
         TypeError: a model that is not a module, or a non-floating input.
-        ValueError: an input without a batch dimension.
+        ValueError: an input without a batch dimension, an input the model cannot run on (wrong
+            size or rank: the model's own error, without torch.fx's traceback), or a parameter
+            or buffer with NaN / inf entries (named).
+        CertificateError: the measured lower bound exceeds the upper bound; the message names
+            the first node whose value changed faster than its bound allows. This is a bug of
+            liptriton (a rule that misses something), never a result.
 
     Examples:
         >>> import torch, liptriton
@@ -155,21 +175,24 @@ def certify(model: nn.Module, example_input: Tensor, labels: Tensor | None = Non
         True
     """
     _validate(model, example_input)
+    check_finite(model, "")
     show = sys.stderr.isatty() if progress is None else bool(progress)
     net = _baked_copy(model)
-    x = example_input.detach().to(next(iter(net.parameters()), example_input).device, torch.float64)
+    check_finite(net, " (computed by its parametrizations)")
+    x = example_input.detach().to(next(iter(net.parameters()), example_input).device, torch.float64).clone()
+    check_runs(net, x)
     rows: list[NodeBound] = []
     unbounded: list[tuple[str, str]] = []
     if LeafTracer().is_leaf_module(net, ""):  # a single layer: trace it as a call, not its internals
         net = nn.Sequential(net)
+    gm = None
     try:
         gm = fx.GraphModule(net, LeafTracer().trace(net))
     except TRACE_ERRORS as err:  # tracing runs user code: a failure means no graph
         upper = math.inf
         unbounded.append(("<model>", f"torch.fx could not trace the model: {type(err).__name__}: {err}"))
     else:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(x[:1])
+        record_shapes(gm, x[:1].clone())
         bar = _Progress(len(gm.graph.nodes), "certify: upper bound", show)
         rows, upper = propagate(gm, nominal=False, step=bar)
         bar.close()
@@ -177,11 +200,18 @@ def certify(model: nn.Module, example_input: Tensor, labels: Tensor | None = Non
     bar = _Progress(min(n_samples, x.shape[0]) * (power_iters + ascent_steps * max(power_iters // 4, 2)),
                     "certify: lower bound", show)
     fast = copy.deepcopy(net).float()  # the search in float32 (exact copies of the float32 weights)
-    lower, note = jacobian_lower_bound(fast, x.float(), n_samples, power_iters, ascent_steps, bar, exact_model=net)
+    found: dict = {}
+    try:
+        lower, note = jacobian_lower_bound(fast, x.float(), n_samples, power_iters, ascent_steps, bar,
+                                           exact_model=net, found=found)
+    except RuntimeError:  # a model that casts to float64 itself cannot run in float32: search in float64
+        lower, note = jacobian_lower_bound(net, x, n_samples, power_iters, ascent_steps, bar, found=found)
     bar.close()
+    if gm is not None:
+        check_sound(gm, rows, upper, lower, found, CertificateError)
     radii = None
     with torch.no_grad():
-        out = net(x)
+        out = net(x.clone())
     if isinstance(out, Tensor) and out.dim() in (1, 2) and math.isfinite(upper) and upper > 0:
         radii = certified_radius(out.float(), labels, upper)
     ratio = upper / lower if lower > 0 else math.inf

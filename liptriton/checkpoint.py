@@ -18,6 +18,7 @@ from torch.nn.utils import parametrize
 from liptriton._files import (
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
+    check_folder,
     check_state,
     check_user_metadata,
     cpu_tensors,
@@ -96,6 +97,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, optimizer: torch.
         rng: store the random number generator states (CPU, and CUDA where initialized), so that
             dropout and data shuffling also resume exactly.
 
+    Raises:
+        FileNotFoundError: the folder of ``path`` does not exist (no folder is created, as
+            ``torch.save``).
+
     Examples:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(liptriton.bjorck(torch.nn.Linear(4, 2)))
@@ -104,6 +109,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, optimizer: torch.
     """
     owner = "liptriton.save_checkpoint"
     user = check_user_metadata(owner, metadata)
+    check_folder(owner, path)
     tensors = cpu_tensors(owner, model.state_dict(), prefix="model/")
     opt_tensors: dict[str, Tensor] = {}
     opt = None if optimizer is None else _encode(optimizer.state_dict(), opt_tensors, owner)
@@ -114,7 +120,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, optimizer: torch.
             tensors.update({f"rng/cuda{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
     meta = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, **versions(),
             "constraints": _constraints(model), "state_flags": _state_flags(model), "optimizer": opt, "user": user}
-    write(path, tensors, meta)
+    write(path, tensors, meta, owner)
 
 
 def _check_optimizer(owner: str, path, saved: dict, optimizer: torch.optim.Optimizer) -> None:

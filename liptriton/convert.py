@@ -286,6 +286,7 @@ def _check_function(gm: fx.GraphModule, node: fx.Node, report: ConversionReport,
         node.replace_all_uses_with(scaled, delete_user_cb=lambda u: u is not scaled)
         report.change(node.name, getattr(node.target, "__name__", str(node.target)), f"scaled by 1/{c}")
         return
-    local, _, note = _function_rule(node, lambda a: 1.0 if isinstance(a, fx.Node) and a.name in depends else 0.0)
+    local, _, note = _function_rule(node, lambda a: 1.0 if isinstance(a, fx.Node) and a.name in depends else 0.0,
+                                    gm)
     if math.isinf(local):
         report.block(node.name, note)

@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 from liptriton._files import (
     EXPORT_FORMAT,
     FORMAT_VERSION,
+    check_folder,
     check_state,
     check_user_metadata,
     cpu_tensors,
@@ -259,6 +260,10 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
             size and the certificate is computed on it.
         metadata: your own JSON-serializable dict, stored under ``user``.
 
+    Raises:
+        FileNotFoundError: the folder of ``path`` does not exist (save creates no folder, as
+            ``torch.save``; checked before any work).
+
     Examples:
         >>> import torch, liptriton
         >>> net = torch.nn.Sequential(liptriton.spectral(torch.nn.Linear(4, 2)))
@@ -267,11 +272,12 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
         1.0
     """
     user = check_user_metadata("liptriton.save", metadata)
+    check_folder("liptriton.save", path)  # before the (slow) bake and certificate
     baked, layers = _bake(model, example_input, None)
     tensors = cpu_tensors("liptriton.save", baked.state_dict())
     meta = {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, **versions(), "layers": layers,
             "bound": _bound(baked.eval(), layers, example_input), "user": user}
-    write(path, tensors, meta)
+    write(path, tensors, meta, "liptriton.save")
 
 
 def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:

@@ -295,7 +295,7 @@ def test_bad_files(exported, tmp_path):
         "data_flip": (data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:], "corrupted"),
         "meta_flip": (data.replace(b"product_of_layer_bounds", b"product_of_layer_bounts", 1), "corrupted"),
         "name_flip": (data.replace(b'"4.weight"', b'"5.weight"', 1), "corrupted"),
-        "json_flip": (data.replace(b"__metadata__", b"__metadata_\x01", 1), "not a readable"),
+        "json_flip": (data.replace(b"__metadata__", b"__metadata_\x01", 1), "not a readable|not a JSON object"),
         "text": (b"hello, this is not a model file", "truncated|not a safetensors"),
     }
     for case, (content, match) in cases.items():

@@ -73,7 +73,9 @@ def check_target(fn: str, input: Tensor, target: Tensor, allow_indices: bool = T
     Accepted: the same shape; any shape with as many elements (reshaped, as deel-torchlip's
     ``view``); or, when ``allow_indices`` and C > 1, integer class indices of shape (N,)
     (turned into one-hot). A label is positive where ``target > 0``: {0, 1}, {-1, 1} and
-    one-hot encodings all work; class indices outside [0, C) give a row without positive.
+    one-hot encodings all work. In eager mode, class indices outside [0, C) and NaN / inf
+    labels raise a ValueError (one host sync per call); under ``torch.compile`` these value
+    checks are skipped (they would break the graph).
     """
     if not isinstance(target, Tensor):
         raise TypeError(f"{fn}: target must be a tensor, got {type(target).__name__}")
@@ -81,16 +83,37 @@ def check_target(fn: str, input: Tensor, target: Tensor, allow_indices: bool = T
         raise TypeError(f"{fn}: target must be real (labels), got dtype {target.dtype}")
     n, c = input.shape
     if target.shape == input.shape:
-        return target
+        return _check_finite_labels(fn, target)
     is_int = not target.is_floating_point() and target.dtype != torch.bool
     if allow_indices and c > 1 and is_int and target.shape in ((n,), (n, 1)):
+        _check_index_range(fn, target, c)
         classes = torch.arange(c, device=target.device, dtype=target.dtype)
         return (target.reshape(n, 1) == classes).to(input.dtype)
     if target.numel() == input.numel():
-        return target.reshape(input.shape)
+        return _check_finite_labels(fn, target.reshape(input.shape))
     raise ValueError(f"{fn}: target of shape {tuple(target.shape)} does not match input of shape "
                      f"{tuple(input.shape)} (expected the same shape"
                      + (", or integer class indices of shape (N,)" if allow_indices and c > 1 else "") + ")")
+
+
+def _check_index_range(fn: str, target: Tensor, c: int) -> None:
+    """Class indices must lie in [0, C) (eager only: reading values would break a compiled graph)."""
+    if torch.compiler.is_compiling() or target.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(target)).tolist()
+    if lo < 0 or hi >= c:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{fn}: target holds class index {bad}, outside [0, {c}) for input with {c} classes "
+                         f"(expected integer class indices in [0, {c}), or one-hot labels of shape (N, {c}))")
+
+
+def _check_finite_labels(fn: str, target: Tensor) -> Tensor:
+    """Float labels must be finite: a NaN label would silently count as negative (eager only)."""
+    if target.is_floating_point() and not torch.compiler.is_compiling() and not bool(torch.isfinite(target).all()):
+        bad = int((~torch.isfinite(target)).sum())
+        raise ValueError(f"{fn}: target has {bad} NaN / inf labels; expected finite labels ({{0, 1}}, {{-1, 1}} "
+                         "or one-hot; positive where > 0)")
+    return target
 
 
 def maybe_gather(input: Tensor, target: Tensor, gather_distributed: bool) -> tuple[Tensor, Tensor]:

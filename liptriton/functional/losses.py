@@ -10,7 +10,16 @@ Python numbers), so none of these functions breaks a user's ``torch.compile`` gr
 Labels: a label is positive where ``target > 0``, so {0, 1}, {-1, 1} and one-hot targets are
 all accepted. KR weights come from the batch: with ``p_c`` the fraction of positive labels of
 column c, positive samples weigh ``1 / p_c`` and negative ones ``-1 / (1 - p_c)``; a batch
-with a single class gets weight 0 for the absent side (no NaN).
+with a single class gets weight 0 for the absent side (no NaN): the loss of such a batch is
+the mean of the logits of the class present (negated for the negative class), deel-torchlip
+1.0.5's value.
+
+Bad values: in eager mode, a class index outside [0, C) or a NaN / inf label raises a
+ValueError naming the loss (skipped under ``torch.compile``, where reading values would break
+the graph). NaN / inf logits are not an error, as with torch's own losses, so that
+``torch.amp.GradScaler`` sees them and skips the step: a NaN logit gives a NaN loss, an infinite
+one an infinite or NaN loss (or the finite limit where the loss does not grow with it, e.g. a
+hinge that it satisfies).
 """
 
 from __future__ import annotations

@@ -4,6 +4,14 @@ Same conventions as :mod:`liptriton.functional.losses`: per-sample loss by defau
 ``reduction`` and a ``gather_distributed`` keyword, values of deel-torchlip 1.0.5, static
 validation only. ``target`` is one-hot ({0, 1} or {-1, 1}: positive where > 0) of the shape of
 ``input`` (N, C), or integer class indices of shape (N,).
+
+Bad values: in eager mode, a class index outside [0, C) or a NaN / inf label raises a
+ValueError naming the loss (skipped under ``torch.compile``, where reading values would break
+the graph). NaN / inf logits are not an error, as with torch's own losses, so that
+``torch.amp.GradScaler`` sees them and skips the step: a NaN logit gives a NaN loss, an infinite
+one an infinite or NaN loss (or the finite limit where the loss does not grow with it, e.g. a
+hinge that it satisfies); the soft-HKR
+running mean is left unchanged by such a batch.
 """
 
 from __future__ import annotations
@@ -189,6 +197,9 @@ def _soft_hkr(x: Tensor, t: Tensor, running_mean: Tensor, alpha: float, min_marg
               temperature: float, reduction: str) -> tuple[Tensor, Tensor]:
     dtype = torch.promote_types(x.dtype, running_mean.dtype)  # float64 inputs: the statistic too
     batch_mean = x.detach().abs().mean().to(dtype)
+    # a non-finite batch (NaN / inf logits) leaves the running statistic as it was: its loss is
+    # non-finite, the state stays usable for the next (finite) batch
+    batch_mean = torch.where(torch.isfinite(batch_mean), batch_mean, running_mean.to(dtype).reshape(()))
     new_mean = alpha_mean * running_mean.to(dtype) + (1.0 - alpha_mean) * batch_mean
     total_mean = new_mean.clamp(min_margin, 20000.0)
     temp = (temperature * min_margin / total_mean).clamp(0.005, 250.0).to(x.dtype)

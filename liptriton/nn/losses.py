@@ -60,7 +60,10 @@ class KRLoss(LipschitzLoss):
 
     :math:`\mu`: samples with ``target > 0``, :math:`\nu`: the others. The per-sample terms
     (see :func:`liptriton.functional.kr_loss`) average to this difference of means. Maximize
-    it (or minimize :class:`NegKRLoss`) to train a critic.
+    it (or minimize :class:`NegKRLoss`) to train a critic. A batch with one class only gives the
+    mean of that class's logits (negated for the negative class; the absent expectation counts
+    as 0), as deel-torchlip 1.0.5: not an error, since small batches of a critic can hold one
+    class; use batches with both classes for a meaningful estimate.
 
     Args:
         multi_gpu: ``target`` was preprocessed by
