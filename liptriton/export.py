@@ -16,7 +16,8 @@ import os
 import warnings
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
 from liptriton._files import (
@@ -29,6 +30,8 @@ from liptriton._files import (
     versions,
     write,
 )
+from liptriton._absorb import NotRepresentable, to_user_architecture
+from liptriton._origin import ORIGIN, instantiate
 from liptriton.ops.conv_operator import conv_operator_norm
 from liptriton.parametrizations._base import (
     ConvNormState,
@@ -242,22 +245,90 @@ def _bound(baked: nn.Module, layers: list[dict], example_input) -> dict:
                     "these layers and 1-Lipschitz activations (no residual sums); not a certificate"}
 
 
+def _qualname(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _first(example_input) -> Tensor | None:
+    if isinstance(example_input, (tuple, list)):
+        return example_input[0] if len(example_input) == 1 else None
+    return example_input
+
+
+def _user_architecture(model: nn.Module, baked: nn.Module, layers: list[dict], example_input):
+    """(plain model, state, architecture metadata): the weights in the architecture lipschitzify was given."""
+    origin = model.meta.get(ORIGIN) if isinstance(model, fx.GraphModule) else None
+    if origin is None or origin.skeleton is None:
+        needs = sorted({_qualname(m) for m in baked.modules() if not type(m).__module__.startswith("torch.")}
+                       - {_qualname(baked)})
+        return baked, baked.state_dict(), {
+            "class": _qualname(baked), "written_for": "the model given to save, its liptriton layers as their "
+            "torch layers" + (f" (lipschitzify kept no copy of it: {origin.problem})" if origin else ""),
+            "needs": needs}
+    x = _first(example_input)
+    if x is not None:
+        ShapeProp(baked).propagate(x[:1].to(next(iter(baked.parameters()), x).dtype))
+    try:
+        state, absorbed = to_user_architecture(baked, origin)
+    except NotRepresentable as err:
+        raise ValueError(f"liptriton.save: {err}. liptriton.save_program(model, 'model.pt2', example_input=x) "
+                         "writes the converted architecture as a torch.export program (no pickle) that "
+                         "torch.export.load reads without liptriton, with its certificate") from None
+    plain = instantiate(origin, state)
+    if x is not None:
+        with torch.no_grad():
+            want, got = baked(x), plain(x.to(next(iter(plain.parameters()), x).dtype))
+        gap = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+        if not gap <= 1e-5:
+            raise RuntimeError(f"liptriton.save: the user's architecture computes another function than the "
+                               f"converted model (relative gap {gap:.3g}): a liptriton bug, please report it")
+    for entry in layers:
+        factor = absorbed.get(entry["name"], 1.0)
+        if factor != 1.0:  # the file's weight is the constrained one times the factor it absorbed
+            entry["absorbed_factor"] = factor
+            entry["bound"] *= factor
+            if "measured_norm" in entry:
+                entry["measured_norm"] *= factor
+    bn = [p for p, m in origin.skeleton.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return plain, state, {"class": origin.architecture, "written_for": "the model given to lipschitzify, in "
+                          "eval mode (its BatchNorms are identities: the conversion folded them)",
+                          "batchnorm_identity": bn, "input_shape": None if x is None else list(x.shape[1:])}
+
+
 def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | tuple | None = None,
          metadata: dict | None = None) -> None:
     """Bake ``model`` and write its plain weights to a safetensors file, with the bound in the metadata.
 
+    A model made by :func:`liptriton.lipschitzify` is written in the architecture it was given:
+    the scalings the conversion inserted (output scale, pooling and activation constants, the
+    weights of the convex residual sums) are pushed through positively homogeneous operations
+    (ReLU, GroupSort, pooling, identity shortcuts) into the neighbouring Linear / Conv weights
+    and biases, and folded BatchNorms are written as exact identities (weight 1, bias 0, mean 0,
+    ``var + eps = 1``). The file then loads strictly into the user's own (plain) model, in eval
+    mode, and computes the constrained function. Where that architecture cannot (a scaling no
+    layer can absorb, e.g. before a GELU or at the output of a sigmoid), save raises and names
+    the node; :func:`liptriton.save_program` writes the converted architecture instead.
+    Other models are written under their own key names (liptriton layers as torch layers).
+
     Metadata (JSON strings): ``format``, ``format_version``, ``liptriton_version``, ``torch_version``,
-    ``layers`` (per constrained tensor: key, constraints, k, bound, measured norm, conv input
-    size), ``bound`` (with ``example_input`` and liptriton.certify available: the certified upper
-    bound of the baked model, ``kind="certified"``; else the product of the layers' bounds,
-    labelled ``kind="product_of_layer_bounds"``), ``user`` (``metadata``) and ``sha256``.
+    ``architecture`` (``class``: the model class the weights are for; what it was written for),
+    ``layers`` (per constrained tensor: key, constraints, k, the bound of the file's weight, the
+    factor it absorbed, measured norm, conv input size), ``bound`` (with ``example_input`` and
+    liptriton.certify available: the certified upper bound of the file's model,
+    ``kind="certified"``; else the product of the layers' bounds, labelled
+    ``kind="product_of_layer_bounds"``), ``user`` (``metadata``) and ``sha256``.
 
     Args:
         model: the constrained model (left unchanged).
         path: the file to write (written atomically).
         example_input: an input of the real size: convolutions are normalized at least at this
-            size and the certificate is computed on it.
+            size, the certificate is computed on it, scalings that depend on the input size
+            (adaptive pooling) are taken at it, and the written model is checked against it.
         metadata: your own JSON-serializable dict, stored under ``user``.
+
+    Raises:
+        ValueError: the user's architecture cannot compute the converted model's function (the
+            nodes are named), or bad metadata.
 
     Examples:
         >>> import torch, liptriton
@@ -268,9 +339,10 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
     """
     user = check_user_metadata("liptriton.save", metadata)
     baked, layers = _bake(model, example_input, None)
-    tensors = cpu_tensors("liptriton.save", baked.state_dict())
-    meta = {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, **versions(), "layers": layers,
-            "bound": _bound(baked.eval(), layers, example_input), "user": user}
+    plain, state, architecture = _user_architecture(model, baked, layers, example_input)
+    tensors = cpu_tensors("liptriton.save", state)
+    meta = {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, **versions(), "architecture": architecture,
+            "layers": layers, "bound": _bound(plain.eval(), layers, example_input), "user": user}
     write(path, tensors, meta)
 
 
