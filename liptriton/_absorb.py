@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from liptriton._origin import INSERTED, Origin
+from liptriton._origin import FOLDED, INSERTED, Origin
 from liptriton._rules import ConvexSum, Scaled, ScaledAdaptivePool
 
 __all__ = ["NotRepresentable", "to_user_architecture"]
@@ -291,8 +291,11 @@ def _get(root: nn.Module, target: str) -> nn.Module | None:
         return None
 
 
-def _identity_bn(bn: _BN, prefix: str) -> dict[str, Tensor]:
-    """State of ``bn`` that makes it an exact identity in eval mode (``var + eps == 1`` in its dtype)."""
+def _identity_bn(bn: _BN, prefix: str, bias: Tensor | None) -> dict[str, Tensor]:
+    """State of ``bn`` that makes it ``x + bias`` in eval mode, exactly (``var + eps == 1`` in its dtype).
+
+    The bias is the one of the layer it was folded into, when the user's layer has none.
+    """
     dtype = bn.running_var.dtype if bn.running_var is not None else torch.float32
     var = torch.tensor(1.0 - bn.eps, dtype=dtype)
     for _ in range(8):
@@ -301,11 +304,12 @@ def _identity_bn(bn: _BN, prefix: str) -> dict[str, Tensor]:
             break
         var = torch.nextafter(var, torch.tensor(2.0 if total < 1 else 0.0, dtype=dtype))
     n = bn.num_features
+    shift = torch.zeros(n, dtype=dtype) if bias is None else bias.to(dtype)
     out = {}
     if bn.weight is not None:
-        out[f"{prefix}weight"], out[f"{prefix}bias"] = torch.ones(n, dtype=dtype), torch.zeros(n, dtype=dtype)
+        out[f"{prefix}weight"], out[f"{prefix}bias"] = torch.ones(n, dtype=dtype), shift
     if bn.running_var is not None:
-        out[f"{prefix}running_mean"] = torch.zeros(n, dtype=dtype)
+        out[f"{prefix}running_mean"] = torch.zeros(n, dtype=dtype) if bn.weight is not None else -shift
         out[f"{prefix}running_var"] = var.expand(n).clone()
         out[f"{prefix}num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
     return out
@@ -341,18 +345,29 @@ def to_user_architecture(baked: fx.GraphModule, origin: Origin) -> tuple[dict[st
     problems = list(dict.fromkeys(solver.problems))
     expected = origin.skeleton.state_dict()
     found = baked.state_dict()
+    folded = baked.meta.get(FOLDED, {})
     state: dict[str, Tensor] = {}
     absorbed: dict[str, float] = {}
+    used: set[str] = set()
+    bn_bias: dict[str, Tensor] = {}
     for target, calls in solver.affine.items():
         mod = baked.get_submodule(target)
         c_in, c_out = solver.f.value(calls[0].args[0].name), solver.f.value(calls[0].name)
         absorbed[f"{target}.weight"] = c_in / c_out
         state[f"{target}.weight"] = (mod.weight.detach().double() * (c_in / c_out)).to(mod.weight.dtype)
+        used.add(f"{target}.weight")
         if mod.bias is not None:
-            state[f"{target}.bias"] = (mod.bias.detach().double() / c_out).to(mod.bias.dtype)
+            used.add(f"{target}.bias")
+            bias = (mod.bias.detach().double() / c_out).to(mod.bias.dtype)
+            if f"{target}.bias" in expected:
+                state[f"{target}.bias"] = bias
+            elif target in folded:  # the folded BatchNorm's shift goes back into the BatchNorm
+                bn_bias[folded[target]] = bias
+            else:
+                problems.append((target, "the converted layer has a bias that the user's layer lacks"))
     for path, mod in origin.skeleton.named_modules():
         if isinstance(mod, _BN) and not isinstance(_get(baked, path), _BN):
-            state.update(_identity_bn(mod, f"{path}." if path else ""))
+            state.update(_identity_bn(mod, f"{path}." if path else "", bn_bias.get(path)))
     for key in expected:
         if key in state:
             continue
@@ -361,6 +376,12 @@ def to_user_architecture(baked: fx.GraphModule, origin: Origin) -> tuple[dict[st
             problems.append((key, "no value for this tensor of the user's architecture in the converted model"))
         else:
             state[key] = found[source].detach().clone()
+            used.add(source)
+    for key in sorted(set(found) - used):
+        path = key.rpartition(".")[0]
+        inserted = isinstance(_get(baked, path), ConvexSum) or type(_get(baked, path)).__name__ == "LipResidual"
+        if not (inserted and _get(origin.skeleton, path) is None):
+            problems.append((key, "a tensor of the converted model with no place in the user's architecture"))
     for key, value in list(state.items()):
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             problems.append((key, f"shape {tuple(value.shape)} in the converted model, "

@@ -91,7 +91,7 @@ def _check_header(owner: str, path: Path) -> None:
     if head.startswith(b"PK\x03\x04"):
         raise ValueError(f"{owner}: {path} is a zip archive (torch.save/pickle format?), not a safetensors "
                          "file; liptriton reads safetensors only")
-    if head[:1] == b"\x80":
+    if head[:1] == b"\x80" and head[8:9] != b"{":  # a safetensors header of 128 + 256 n bytes starts so too
         raise ValueError(f"{owner}: {path} is a pickle stream, not a safetensors file; liptriton reads "
                          "safetensors only")
     if len(head) < 9:

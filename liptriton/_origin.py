@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["INSERTED", "ORIGIN", "Origin", "instantiate", "record_origin"]
+__all__ = ["FOLDED", "INSERTED", "ORIGIN", "Origin", "instantiate", "record_origin"]
 
 INSERTED = "liptriton_inserted"  # fx node meta key: a node lipschitzify inserted (the value says what)
 ORIGIN = "liptriton_origin"  # GraphModule.meta key: the Origin of a converted model
+FOLDED = "liptriton_folded"  # GraphModule.meta key: {layer: the BatchNorm folded into it}
 
 
 @dataclass

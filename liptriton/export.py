@@ -14,6 +14,7 @@ import importlib
 import math
 import os
 import warnings
+import zipfile
 
 import torch
 from torch import Tensor, fx, nn
@@ -381,7 +382,11 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
 
 
 def load_metadata(path: str | os.PathLike) -> dict:
-    """Return the decoded metadata of a liptriton file (export or checkpoint), without reading tensors.
+    """Return the decoded metadata of a liptriton file, without reading tensors.
+
+    Export (:func:`save`) and checkpoint files (safetensors), and programs of
+    :func:`liptriton.save_program` (``.pt2``). ``architecture["class"]`` names the model class
+    the weights are for.
 
     Examples:
         >>> import torch, liptriton
@@ -389,4 +394,8 @@ def load_metadata(path: str | os.PathLike) -> dict:
         >>> liptriton.load_metadata("/tmp/net.safetensors")["format"]
         'liptriton.export'
     """
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        from liptriton.program import read_program_metadata
+
+        return read_program_metadata(path)
     return read("liptriton.load_metadata", path, None, tensors=False)[1]
