@@ -17,8 +17,8 @@ converted function exactly when
 
 These are equalities between ``log c``: a union-find with offsets solves them, and an
 inconsistent one is a place where the plain architecture cannot compute the converted function
-(a scaling no layer can absorb): :class:`NotRepresentable` names the node. Folded or removed
-BatchNorms are written as exact identities (weight 1, bias 0, mean 0, var with ``var + eps = 1``).
+(a scaling no layer can absorb): :class:`NotRepresentable` names the node.
+:mod:`liptriton._architecture` turns the factors into the user's weights.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import operator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import fx, nn
 
-from liptriton._origin import FOLDED, INSERTED, Origin
+from liptriton._origin import INSERTED
 from liptriton._rules import ConvexSum, Scaled, ScaledAdaptivePool
 
-__all__ = ["NotRepresentable", "to_user_architecture"]
+__all__ = ["NotRepresentable", "solve"]
 
 _AFFINE = (nn.Linear, nn.modules.conv._ConvNd)
 _BN = nn.modules.batchnorm._BatchNorm
@@ -61,7 +61,7 @@ _CAT = {torch.cat, torch.concat, torch.stack}
 _TOL = 1e-9  # on log c: factors agree to 1e-9 relative
 
 
-class NotRepresentable(ValueError):  # noqa: N818 (the name says what it is)
+class NotRepresentable(ValueError):
     """The user's architecture cannot compute the converted model's function; ``nodes`` says where."""
 
     def __init__(self, message: str, nodes: list[tuple[str, str]]) -> None:
@@ -99,8 +99,7 @@ class _Factors:
         return 0.0
 
     def value(self, x: str) -> float:
-        root, off = self.find(x)
-        return math.exp(off)  # a free root (not tied to ONE) takes c = 1
+        return math.exp(self.find(x)[1])  # a free root (not tied to ONE) takes c = 1
 
 
 def _arg_nodes(args) -> list[fx.Node]:
@@ -291,103 +290,28 @@ def _get(root: nn.Module, target: str) -> nn.Module | None:
         return None
 
 
-def _identity_bn(bn: _BN, prefix: str, bias: Tensor | None) -> dict[str, Tensor]:
-    """State of ``bn`` that makes it ``x + bias`` in eval mode, exactly (``var + eps == 1`` in its dtype).
-
-    The bias is the one of the layer it was folded into, when the user's layer has none.
-    """
-    dtype = bn.running_var.dtype if bn.running_var is not None else torch.float32
-    var = torch.tensor(1.0 - bn.eps, dtype=dtype)
-    for _ in range(8):
-        total = var + torch.tensor(bn.eps, dtype=dtype)
-        if total == 1:
-            break
-        var = torch.nextafter(var, torch.tensor(2.0 if total < 1 else 0.0, dtype=dtype))
-    n = bn.num_features
-    shift = torch.zeros(n, dtype=dtype) if bias is None else bias.to(dtype)
-    out = {}
-    if bn.weight is not None:
-        out[f"{prefix}weight"], out[f"{prefix}bias"] = torch.ones(n, dtype=dtype), shift
-    if bn.running_var is not None:
-        out[f"{prefix}running_mean"] = torch.zeros(n, dtype=dtype) if bn.weight is not None else -shift
-        out[f"{prefix}running_var"] = var.expand(n).clone()
-        out[f"{prefix}num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
-    return out
-
-
-def _wrapped_key(key: str, converted: nn.Module) -> str | None:
-    """The converted model's key for a user key whose module lipschitzify wrapped (Scaled, ScaledAdaptivePool)."""
-    path, _, leaf = key.rpartition(".")
-    mod = _get(converted, path) if path else None
-    if isinstance(mod, Scaled):
-        return f"{path}.module.{leaf}"
-    if isinstance(mod, ScaledAdaptivePool):
-        return f"{path}.pool.{leaf}"
-    return None
-
-
-def to_user_architecture(baked: fx.GraphModule, origin: Origin) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """The state dict of the user's architecture computing ``baked``'s function.
+def solve(gm: fx.GraphModule, skeleton: nn.Module) -> tuple[dict[str, float], dict[str, list[fx.Node]],
+                                                            list[tuple[str, str]]]:
+    """The factor of every node of ``gm`` (a converted, baked model) against the user's ``skeleton``.
 
     Args:
-        baked: the converted model with its constraints baked in (shapes in ``tensor_meta`` where
-            a scaling depends on the input size).
-        origin: the architecture lipschitzify was given.
+        gm: the converted model, its constraints baked in (``tensor_meta`` shapes where a
+            scaling depends on the input size).
+        skeleton: the user's architecture (module targets as in ``gm``).
 
     Returns:
-        (state, factor absorbed by each Linear / Conv weight, ``c_in / c_out``).
+        (``c`` of every node by name, the calls of every Linear / Conv by target, the problems
+        as ``(where, why)``: empty when the user's architecture can compute ``gm``'s function).
 
-    Raises:
-        NotRepresentable: where the user's architecture cannot compute the function.
+    Examples:
+        >>> import torch, liptriton
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> lip = liptriton.lipschitzify(net, activations="keep", k=0.5)
+        >>> factors, layers, problems = solve(liptriton.bake(lip), lip.meta["liptriton_origin"].skeleton)
+        >>> sorted(layers), problems
+        (['0', '2'], [])
     """
-    solver = _Solver(baked, origin.skeleton)
+    solver = _Solver(gm, skeleton)
     solver.run()
-    problems = list(dict.fromkeys(solver.problems))
-    expected = origin.skeleton.state_dict()
-    found = baked.state_dict()
-    folded = baked.meta.get(FOLDED, {})
-    state: dict[str, Tensor] = {}
-    absorbed: dict[str, float] = {}
-    used: set[str] = set()
-    bn_bias: dict[str, Tensor] = {}
-    for target, calls in solver.affine.items():
-        mod = baked.get_submodule(target)
-        c_in, c_out = solver.f.value(calls[0].args[0].name), solver.f.value(calls[0].name)
-        absorbed[f"{target}.weight"] = c_in / c_out
-        state[f"{target}.weight"] = (mod.weight.detach().double() * (c_in / c_out)).to(mod.weight.dtype)
-        used.add(f"{target}.weight")
-        if mod.bias is not None:
-            used.add(f"{target}.bias")
-            bias = (mod.bias.detach().double() / c_out).to(mod.bias.dtype)
-            if f"{target}.bias" in expected:
-                state[f"{target}.bias"] = bias
-            elif target in folded:  # the folded BatchNorm's shift goes back into the BatchNorm
-                bn_bias[folded[target]] = bias
-            else:
-                problems.append((target, "the converted layer has a bias that the user's layer lacks"))
-    for path, mod in origin.skeleton.named_modules():
-        if isinstance(mod, _BN) and not isinstance(_get(baked, path), _BN):
-            state.update(_identity_bn(mod, f"{path}." if path else "", bn_bias.get(path)))
-    for key in expected:
-        if key in state:
-            continue
-        source = key if key in found else _wrapped_key(key, baked)
-        if source is None or source not in found:
-            problems.append((key, "no value for this tensor of the user's architecture in the converted model"))
-        else:
-            state[key] = found[source].detach().clone()
-            used.add(source)
-    for key in sorted(set(found) - used):
-        path = key.rpartition(".")[0]
-        inserted = isinstance(_get(baked, path), ConvexSum) or type(_get(baked, path)).__name__ == "LipResidual"
-        if not (inserted and _get(origin.skeleton, path) is None):
-            problems.append((key, "a tensor of the converted model with no place in the user's architecture"))
-    for key, value in list(state.items()):
-        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
-            problems.append((key, f"shape {tuple(value.shape)} in the converted model, "
-                                  f"{tuple(expected[key].shape)} in the user's architecture"))
-    if problems:
-        listing = "; ".join(f"{where}: {why}" for where, why in problems)
-        raise NotRepresentable(f"the user's architecture ({origin.architecture}) cannot compute the converted "
-                               f"model's function: {listing}", problems)
-    return {k: state[k].contiguous() for k in expected}, absorbed
+    factors = {node.name: solver.f.value(node.name) for node in gm.graph.nodes}
+    return factors, solver.affine, list(dict.fromkeys(solver.problems))

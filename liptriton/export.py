@@ -2,7 +2,8 @@
 
 A baked model is a plain torch model: every parametrization replaced by its constrained weight,
 computed with converged iterations, under the key names of the plain architecture (``0.weight``).
-Files are safetensors only (never pickle, see :mod:`liptriton._files`): tensors, plus string metadata
+A model made by lipschitzify is written in the architecture it was given (see
+:mod:`liptriton._architecture`), or refused with the reason. Files are safetensors only (never pickle, see :mod:`liptriton._files`): tensors, plus string metadata
 holding JSON (format version, library versions, each constrained layer's constraint and k, the bound,
 a SHA-256). Training checkpoints (the unbaked state) are in :mod:`liptriton.checkpoint`.
 """
@@ -17,10 +18,11 @@ import warnings
 import zipfile
 
 import torch
-from torch import Tensor, fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from liptriton._architecture import user_architecture
+from liptriton._bake import converge, drop_stale_hooks, observe, own_classes, plainify
 from liptriton._files import (
     EXPORT_FORMAT,
     FORMAT_VERSION,
@@ -31,8 +33,6 @@ from liptriton._files import (
     versions,
     write,
 )
-from liptriton._absorb import NotRepresentable, to_user_architecture
-from liptriton._origin import ORIGIN, instantiate
 from liptriton.ops.conv_operator import conv_operator_norm
 from liptriton.parametrizations._base import (
     ConvNormState,
@@ -45,91 +45,6 @@ __all__ = ["FORMAT_VERSION", "bake", "load", "load_metadata", "save"]
 
 
 
-# ----------------------------------------------------------------------------------------------- bake
-def _drop_stale_hooks(model: nn.Module) -> None:
-    """Remove the forward hooks of a deepcopy that still act on modules of the original model (a
-    closure or a bound method is copied by reference: the conv states' input-size hooks are such)."""
-    mine = {id(m) for m in model.modules()}
-
-    def stale(hook) -> bool:
-        owners = [getattr(hook, "__self__", None)]
-        for cell in getattr(hook, "__closure__", None) or ():
-            try:
-                owners.append(cell.cell_contents)
-            except ValueError:  # an empty cell
-                pass
-        return any(isinstance(o, nn.Module) and id(o) not in mine for o in owners)
-
-    for m in model.modules():
-        for hooks in (m._forward_pre_hooks, m._forward_hooks):
-            for hid, hook in list(hooks.items()):
-                if stale(hook):
-                    del hooks[hid]
-                    m._forward_pre_hooks_with_kwargs.pop(hid, None)
-                    m._forward_hooks_with_kwargs.pop(hid, None)
-
-
-def _own_classes(model: nn.Module) -> None:
-    """Give every parametrized module of a deepcopy its own class: deepcopy shares the dynamically
-    created ``Parametrized<Layer>`` class with the original, and removing a parametrization deletes
-    its property from that class (it would break the original model)."""
-    for m in model.modules():
-        if parametrize.is_parametrized(m):
-            cls = type(m)
-            body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-            m.__class__ = type(cls.__name__, cls.__bases__, body)
-
-
-def _observe(model: nn.Module, example_input: Tensor | tuple) -> None:
-    """One eval forward of ``example_input`` that tells every conv state its input size."""
-    handles = []
-    for m in model.modules():
-        if parametrize.is_parametrized(m):
-            for plist in m.parametrizations.values():
-                for p in plist:
-                    if isinstance(getattr(p, "conv", None), ConvNormState):
-                        handles.append(m.register_forward_pre_hook(
-                            lambda mod, args, c=p.conv: c.observe(args[0]) if args else None))
-    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _converge(p: LipschitzParametrization, w: Tensor, steps: int | None) -> None:
-    """Re-run the power iterations of ``p`` (``steps``, else its ``n_iters_init``) from its current
-    state; Björck layers also take the extra steps that still make the weight more orthogonal."""
-    w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
-    p.converge_states(w, steps)
-    if isinstance(p, Bjorck):
-        p.eval_extra = p.extra_steps(w)
-        if p.eval_extra and isinstance(getattr(p, "conv", None), ConvNormState):
-            p.converge_states(w, steps)  # the operator norm of the more orthogonal kernel
-    p._cache = None
-
-
-def _plainify(module: nn.Module) -> nn.Module:
-    """Replace liptriton layers by their plain export (``vanilla_export``), recursively."""
-    export = getattr(module, "vanilla_export", None)
-    if callable(export):
-        try:
-            new = export()
-        except NotImplementedError:
-            new = module
-        if isinstance(new, nn.Module) and new is not module:
-            return _plainify(new)
-    for name, child in list(module.named_children()):
-        if name == "parametrizations" and parametrize.is_parametrized(module):
-            continue
-        new = _plainify(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
-
-
 def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.Module, list[dict]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"liptriton.bake: model must be an nn.Module, got {type(model).__name__}")
@@ -137,10 +52,10 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
     baked = copy.deepcopy(model)
     modes = {name: m.training for name, m in baked.named_modules()}
     baked.eval()
-    _own_classes(baked)
-    _drop_stale_hooks(baked)
+    own_classes(baked)
+    drop_stale_hooks(baked)
     if example_input is not None:
-        _observe(baked, example_input)
+        observe(baked, example_input)
     layers: list[dict] = []
     with torch.no_grad():
         for path, module in baked.named_modules():
@@ -152,7 +67,7 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
                          "constraints": [], "k": None, "bound": None}
                 for p in plist:
                     if x is not None and isinstance(p, LipschitzParametrization):
-                        _converge(p, x, power_iters)
+                        converge(p, x, power_iters)
                     entry["constraints"].append(type(p).__name__)
                     if isinstance(p, LipschitzParametrization):
                         entry["k"], entry["bound"] = p.k, p.lipschitz_bound()
@@ -171,7 +86,7 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
                         x = p(x)
                 if entry["k"] is not None:
                     layers.append(entry)
-    baked = _plainify(baked)
+    baked = plainify(baked)
     for m in list(baked.modules()):  # what has no plain counterpart keeps its class, weights baked
         if parametrize.is_parametrized(m):
             for name in list(m.parametrizations.keys()):
@@ -240,60 +155,10 @@ def _bound(baked: nn.Module, layers: list[dict], example_input) -> dict:
             if getattr(cert, "lower", None) is not None:
                 out["lower"] = float(cert.lower)
             return out
-    value = math.prod(entry["bound"] for entry in layers) if layers else None
+    value = math.prod(entry.get("constraint_bound", entry["bound"]) for entry in layers) if layers else None
     return {"kind": "product_of_layer_bounds", "value": value,
             "note": note + "product of the constrained layers' bounds: the model's bound only for a chain of "
                     "these layers and 1-Lipschitz activations (no residual sums); not a certificate"}
-
-
-def _qualname(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _first(example_input) -> Tensor | None:
-    if isinstance(example_input, (tuple, list)):
-        return example_input[0] if len(example_input) == 1 else None
-    return example_input
-
-
-def _user_architecture(model: nn.Module, baked: nn.Module, layers: list[dict], example_input):
-    """(plain model, state, architecture metadata): the weights in the architecture lipschitzify was given."""
-    origin = model.meta.get(ORIGIN) if isinstance(model, fx.GraphModule) else None
-    if origin is None or origin.skeleton is None:
-        needs = sorted({_qualname(m) for m in baked.modules() if not type(m).__module__.startswith("torch.")}
-                       - {_qualname(baked)})
-        return baked, baked.state_dict(), {
-            "class": _qualname(baked), "written_for": "the model given to save, its liptriton layers as their "
-            "torch layers" + (f" (lipschitzify kept no copy of it: {origin.problem})" if origin else ""),
-            "needs": needs}
-    x = _first(example_input)
-    if x is not None:
-        ShapeProp(baked).propagate(x[:1].to(next(iter(baked.parameters()), x).dtype))
-    try:
-        state, absorbed = to_user_architecture(baked, origin)
-    except NotRepresentable as err:
-        raise ValueError(f"liptriton.save: {err}. liptriton.save_program(model, 'model.pt2', example_input=x) "
-                         "writes the converted architecture as a torch.export program (no pickle) that "
-                         "torch.export.load reads without liptriton, with its certificate") from None
-    plain = instantiate(origin, state)
-    if x is not None:
-        with torch.no_grad():
-            want, got = baked(x), plain(x.to(next(iter(plain.parameters()), x).dtype))
-        gap = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
-        if not gap <= 1e-5:
-            raise RuntimeError(f"liptriton.save: the user's architecture computes another function than the "
-                               f"converted model (relative gap {gap:.3g}): a liptriton bug, please report it")
-    for entry in layers:
-        factor = absorbed.get(entry["name"], 1.0)
-        if factor != 1.0:  # the file's weight is the constrained one times the factor it absorbed
-            entry["absorbed_factor"] = factor
-            entry["bound"] *= factor
-            if "measured_norm" in entry:
-                entry["measured_norm"] *= factor
-    bn = [p for p, m in origin.skeleton.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return plain, state, {"class": origin.architecture, "written_for": "the model given to lipschitzify, in "
-                          "eval mode (its BatchNorms are identities: the conversion folded them)",
-                          "batchnorm_identity": bn, "input_shape": None if x is None else list(x.shape[1:])}
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | tuple | None = None,
@@ -313,8 +178,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
 
     Metadata (JSON strings): ``format``, ``format_version``, ``liptriton_version``, ``torch_version``,
     ``architecture`` (``class``: the model class the weights are for; what it was written for),
-    ``layers`` (per constrained tensor: key, constraints, k, the bound of the file's weight, the
-    factor it absorbed, measured norm, conv input size), ``bound`` (with ``example_input`` and
+    ``layers`` (per constrained tensor: key, constraints, k, ``bound`` of the file's weight, the
+    ``absorbed_factor`` and the ``constraint_bound`` before it, measured norm, conv input size), ``bound`` (with ``example_input`` and
     liptriton.certify available: the certified upper bound of the file's model,
     ``kind="certified"``; else the product of the layers' bounds, labelled
     ``kind="product_of_layer_bounds"``), ``user`` (``metadata``) and ``sha256``.
@@ -340,7 +205,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
     """
     user = check_user_metadata("liptriton.save", metadata)
     baked, layers = _bake(model, example_input, None)
-    plain, state, architecture = _user_architecture(model, baked, layers, example_input)
+    plain, state, architecture = user_architecture(model, baked, layers, example_input)
     tensors = cpu_tensors("liptriton.save", state)
     meta = {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, **versions(), "architecture": architecture,
             "layers": layers, "bound": _bound(plain.eval(), layers, example_input), "user": user}

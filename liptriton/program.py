@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from liptriton._architecture import first_input, qualname
 from liptriton._files import FORMAT_VERSION, check_user_metadata, versions
-from liptriton.export import _bake, _bound, _first, _qualname
+from liptriton.export import _bake, _bound
 
 __all__ = ["PROGRAM_FORMAT", "read_program_metadata", "save_program"]
 
@@ -72,7 +73,7 @@ def save_program(model: nn.Module, path: str | os.PathLike, *, example_input: Te
     """
     owner = "liptriton.save_program"
     user = check_user_metadata(owner, metadata)
-    x = _first(example_input)
+    x = first_input(example_input)
     if not isinstance(x, Tensor) or x.dim() < 1:
         raise TypeError(f"{owner}: example_input must be one tensor with a batch dimension, got "
                         f"{type(example_input).__name__}")
@@ -92,7 +93,7 @@ def save_program(model: nn.Module, path: str | os.PathLike, *, example_input: Te
         raise ValueError(f"{owner}: the traced program calls operations that torch alone cannot run: {foreign}")
     program.example_inputs = None  # else torch.export.save pickles them
     meta = {"format": PROGRAM_FORMAT, "format_version": FORMAT_VERSION, **versions(),
-            "architecture": {"class": _qualname(baked), "written_for": "torch.export.load (the converted model's "
+            "architecture": {"class": qualname(baked), "written_for": "torch.export.load (the converted model's "
                              "graph, its constraints baked in)", "input_shape": list(x.shape[1:]), "batch": batch},
             "layers": layers, "bound": bound, "user": user}
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}.pt2"
