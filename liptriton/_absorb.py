@@ -251,6 +251,8 @@ class _Solver:
                 self.problems.append((_where(node), f"{type(orig).__name__} {node.target} uses batch statistics "
                                                  "(track_running_stats=False): it is not an identity"))
             self.passes(node)
+        elif type(mod) is type(orig) and (isinstance(mod, ConvexSum) or what == "LipResidual"):
+            self.passes(node, 0.0, f"the user's own {what} of terms with different factors")  # linear
         elif type(mod) is type(orig):
             self.scaled(node, mod, 1.0, what)
         else:

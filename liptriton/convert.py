@@ -201,7 +201,9 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
 
     Returns:
         The converted model (a ``torch.fx.GraphModule`` when traced) with ``lipschitz_report``
-        (a :class:`ConversionReport`, printable).
+        (a :class:`ConversionReport`, printable). A traced one keeps a weightless copy of
+        ``model``'s architecture in its ``meta``, so that :func:`liptriton.save` writes the
+        constrained weights for ``model``'s own architecture.
 
     Raises:
         ValueError: bad options, or (strict) modules that prevent a guarantee, listed by name.

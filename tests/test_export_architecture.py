@@ -98,7 +98,8 @@ ARCHS: dict = {}
 exec(ARCH, ARCHS)  # noqa: S102 (our own source, shared with the subprocess)
 SMALL = {"mlp": (8,), "conv_pool": (2, 13, 13), "bn_net": (2, 8, 8), "resnet": (2, 8, 8)}
 # (architecture, lipschitzify options): GELU kept unscaled, so the output is scaled by 1 / 1.129
-OPTIONS = {"mlp_output_scale": ("mlp", {"activations": "keep"})}
+# residual="keep": sums stay sums, the output is scaled instead of the residuals
+OPTIONS = {"mlp_output_scale": ("mlp", {"activations": "keep"}), "resnet_sums_kept": ("resnet", {"residual": "keep"})}
 TESTS = Path(__file__).parent
 
 
@@ -256,6 +257,9 @@ REFUSED = {  # (user model, options, input shape, what the error names)
                           {}, (2, 9, 9), "1 (node _1): GELU scaled by"),
     "scale_at_output": (lambda: nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3), nn.GELU()),
                         {"activations": "keep"}, (4,), "the model's output"),
+    "batch_statistics": (lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4, track_running_stats=False),
+                                               nn.Flatten(), nn.Linear(4 * 2 * 2, 3)),
+                         {}, (2, 4, 4), "uses batch statistics"),
     "replaced_activation": (lambda: nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3)),
                             {"activations": "groupsort"}, (4,), "replaced GELU (1) by GroupSort2"),
 }
