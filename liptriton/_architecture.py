@@ -17,7 +17,7 @@ from liptriton._absorb import NotRepresentable, _get, solve
 from liptriton._origin import FOLDED, ORIGIN, Origin, instantiate
 from liptriton._rules import ConvexSum, Scaled, ScaledAdaptivePool
 
-__all__ = ["first_input", "qualname", "to_user_architecture", "user_architecture"]
+__all__ = ["first_input", "is_converted", "qualname", "to_user_architecture", "user_architecture"]
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -187,6 +187,19 @@ def user_architecture(model: nn.Module, baked: nn.Module, layers: list[dict], ex
             if "measured_norm" in entry:
                 entry["measured_norm"] *= factor
     bn = [p for p, m in origin.skeleton.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return plain, state, {"class": origin.architecture, "written_for": "the model given to lipschitzify, in "
+    return plain, state, {"class": origin.architecture, "from": "lipschitzify", "written_for": "the model given to lipschitzify, in "
                           "eval mode (its BatchNorms are identities: the conversion folded them)",
                           "batchnorm_identity": bn, "input_shape": None if x is None else list(x.shape[1:])}
+
+
+def is_converted(model: nn.Module) -> bool:
+    """True for a model that lipschitzify converted (or its bake): not the user's own architecture.
+
+    Examples:
+        >>> import torch
+        >>> is_converted(torch.nn.Linear(2, 2))
+        False
+    """
+    if isinstance(model, fx.GraphModule) and ORIGIN in model.meta:
+        return True
+    return any(isinstance(m, (ConvexSum, Scaled, ScaledAdaptivePool)) for m in model.modules())

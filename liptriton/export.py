@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from liptriton._architecture import user_architecture
+from liptriton._architecture import is_converted, user_architecture
 from liptriton._bake import converge, drop_stale_hooks, observe, own_classes, plainify
 from liptriton._files import (
     EXPORT_FORMAT,
@@ -228,7 +228,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a safetensors file, truncated or corrupted, a checkpoint instead of an
-            export, or a wrong architecture.
+            export, or a wrong architecture (a file :func:`save` wrote for the architecture given
+            to lipschitzify refuses the converted or baked model, whose scalings it already holds).
 
     Examples:
         >>> import torch, liptriton
@@ -236,7 +237,12 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         >>> model = liptriton.load("/tmp/net.safetensors", torch.nn.Sequential(torch.nn.Linear(4, 2)))
     """
     owner = "liptriton.load"
-    tensors, _ = read(owner, path, EXPORT_FORMAT)
+    tensors, meta = read(owner, path, EXPORT_FORMAT)
+    arch = meta.get("architecture") if isinstance(meta.get("architecture"), dict) else {}
+    if arch.get("from") == "lipschitzify" and is_converted(model):
+        raise ValueError(f"{owner}: {path} holds the weights of {arch.get('class')}, the architecture given to "
+                         "lipschitzify (the conversion's scalings are in its weights); load it into that plain "
+                         "model, in eval mode, not into the converted or baked model")
     hint = ""
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         hint = " (the model has parametrizations: load into the plain architecture, e.g. liptriton.bake(model))"

@@ -159,6 +159,14 @@ def test_file_is_the_constrained_model_in_the_users_architecture(saved, name):
             assert float(dense_singular_values(weight).max()) <= entry["bound"] * (1 + 1e-6), entry
 
 
+def test_load_refuses_the_converted_model(saved):
+    """The file's weights hold the conversion's scalings: loaded into the converted model they would count twice."""
+    _, lip, _, _, path = saved["conv_pool"]
+    for model in (lip, liptriton.bake(lip)):
+        with pytest.raises(ValueError, match="architecture given to lipschitzify"):
+            liptriton.load(path, model)
+
+
 def test_scalings_were_really_absorbed(saved):
     """The conversions hold what the user's architecture lacks, so equal outputs prove the absorption."""
     _, lip, *_ = saved["resnet"]
