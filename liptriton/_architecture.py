@@ -20,6 +20,9 @@ from liptriton._rules import ConvexSum, Scaled, ScaledAdaptivePool
 __all__ = ["first_input", "is_converted", "qualname", "to_user_architecture", "user_architecture"]
 
 _BN = nn.modules.batchnorm._BatchNorm
+_ALTERNATIVE = ("liptriton.save_program(model, 'model.pt2', example_input=x) writes the converted architecture as "
+                "a torch.export program (no pickle) that torch.export.load reads without liptriton, with its "
+                "certificate")
 
 
 def _identity_bn(bn: _BN, prefix: str, bias: Tensor | None) -> dict[str, Tensor]:
@@ -153,22 +156,22 @@ def user_architecture(model: nn.Module, baked: nn.Module, layers: list[dict], ex
         RuntimeError: the written model computes another function on ``example_input`` (a bug).
     """
     origin = model.meta.get(ORIGIN) if isinstance(model, fx.GraphModule) else None
-    if origin is None or origin.skeleton is None:
+    if origin is None:
         needs = sorted({qualname(m) for m in baked.modules() if not type(m).__module__.startswith("torch.")}
                        - {qualname(baked)})
         return baked, baked.state_dict(), {
             "class": qualname(baked), "written_for": "the model given to save, its liptriton layers as their "
-            "torch layers" + (f" (lipschitzify kept no copy of it: {origin.problem})" if origin else ""),
-            "needs": needs}
+            "torch layers", "needs": needs}
+    if origin.skeleton is None:
+        raise ValueError(f"liptriton.save: lipschitzify kept no copy of the architecture of {origin.architecture} "
+                         f"({origin.problem}), so the weights cannot be written for it. {_ALTERNATIVE}")
     x = first_input(example_input)
     if x is not None:
         ShapeProp(baked).propagate(x[:1].to(next(iter(baked.parameters()), x).dtype))
     try:
         state, absorbed = to_user_architecture(baked, origin)
     except NotRepresentable as err:
-        raise ValueError(f"liptriton.save: {err}. liptriton.save_program(model, 'model.pt2', example_input=x) "
-                         "writes the converted architecture as a torch.export program (no pickle) that "
-                         "torch.export.load reads without liptriton, with its certificate") from None
+        raise ValueError(f"liptriton.save: {err}. {_ALTERNATIVE}") from None
     plain = instantiate(origin, state)
     if x is not None:
         with torch.no_grad():

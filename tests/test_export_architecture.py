@@ -159,6 +159,22 @@ def test_file_is_the_constrained_model_in_the_users_architecture(saved, name):
             assert float(dense_singular_values(weight).max()) <= entry["bound"] * (1 + 1e-6), entry
 
 
+def test_save_refuses_without_a_copy_of_the_architecture(tmp_path):
+    class Uncopyable(nn.Sequential):
+        def __deepcopy__(self, memo):
+            raise TypeError("no copies")
+
+    lip = liptriton.lipschitzify(Uncopyable(nn.Linear(4, 4), nn.ReLU()), inplace=True)
+    with pytest.raises(ValueError, match="kept no copy of the architecture.*no copies.*save_program"):
+        liptriton.save(lip, tmp_path / "x.safetensors")
+
+
+def test_save_needs_the_input_size_of_size_dependent_scalings(saved, tmp_path):
+    _, lip, *_ = saved["bn_net"]  # AdaptiveAvgPool2d(1) became sqrt(H W) * mean
+    with pytest.raises(ValueError, match="ScaledAdaptiveAvgPool2d: its factor depends on the input size"):
+        liptriton.save(lip, tmp_path / "x.safetensors")
+
+
 def test_load_refuses_the_converted_model(saved):
     """The file's weights hold the conversion's scalings: loaded into the converted model they would count twice."""
     _, lip, _, _, path = saved["conv_pool"]
@@ -218,7 +234,7 @@ def resnet18_saved(tmp_path_factory):
                 m.running_mean.normal_(0, 0.1)
     # eval and save each converge the power iterations from the state they find: at 100 steps both agree to 3e-6
     lip = liptriton.lipschitzify(net, method="spectral", n_iters_init=100).eval()
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         y = lip(x)
     path = tmp_path_factory.mktemp("resnet18") / "resnet18.safetensors"
