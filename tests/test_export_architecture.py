@@ -89,6 +89,20 @@ ARCH = textwrap.dedent('''
         return ResNet()
 
 
+    class Functional(nn.Module):  # F.gelu (scaled by a node lipschitzify inserts), an overlapping F.max_pool1d
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(8, 16)
+            self.fc2 = nn.Linear(7, 4)
+
+        def forward(self, x):
+            return self.fc2(F.max_pool1d(F.gelu(self.fc1(x)).unsqueeze(1), 3, 2).flatten(1))
+
+
+    def functional():
+        return Functional()
+
+
     def resnet18():
         from _torchvision import models
 
@@ -96,7 +110,7 @@ ARCH = textwrap.dedent('''
 ''')
 ARCHS: dict = {}
 exec(ARCH, ARCHS)  # noqa: S102 (our own source, shared with the subprocess)
-SMALL = {"mlp": (8,), "conv_pool": (2, 13, 13), "bn_net": (2, 8, 8), "resnet": (2, 8, 8)}
+SMALL = {"mlp": (8,), "conv_pool": (2, 13, 13), "bn_net": (2, 8, 8), "resnet": (2, 8, 8), "functional": (8,)}
 # (architecture, lipschitzify options): GELU kept unscaled, so the output is scaled by 1 / 1.129
 # residual="keep": sums stay sums, the output is scaled instead of the residuals
 OPTIONS = {"mlp_output_scale": ("mlp", {"activations": "keep"}), "resnet_sums_kept": ("resnet", {"residual": "keep"})}
@@ -191,6 +205,7 @@ def test_scalings_were_really_absorbed(saved):
     meta = liptriton.load_metadata(saved["conv_pool"][4])
     assert any(abs(e.get("absorbed_factor", 1.0) - 1.0) > 0.1 for e in meta["layers"])
     assert saved["mlp_output_scale"][1].lipschitz_report.output_scale < 0.9
+    assert saved["functional"][1].lipschitz_report.output_scale < 0.8  # the pooling's sqrt(2)
 
 
 def test_batchnorm_is_an_exact_identity_plus_the_folded_shift(saved):
