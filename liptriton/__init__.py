@@ -78,8 +78,9 @@ __all__ += [  # noqa: RUF022  (grouped by kind, as deel-torchlip's API reference
 
 from liptriton.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from liptriton.export import bake, load, load_metadata, save  # noqa: E402
+from liptriton.program import save_program  # noqa: E402
 
-__all__ += ["bake", "save", "load", "load_metadata", "save_checkpoint", "load_checkpoint"]
+__all__ += ["bake", "save", "save_program", "load", "load_metadata", "save_checkpoint", "load_checkpoint"]
 
 from liptriton.certify import Certificate, CertificateError, certify  # noqa: E402
 from liptriton.convert import ConversionReport, lipschitzify  # noqa: E402

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from liptriton._origin import FOLDED
+
 __all__ = ["ACTIVATION_CONSTANTS", "ConvexSum", "Scaled", "ScaledAdaptivePool", "adaptive_windows_bound",
            "avg_pool_nominal", "convert_module", "fold_batchnorm", "window_overlap"]
 
@@ -220,6 +222,7 @@ def fold_batchnorm(gm, report, mode: str) -> None:
                 layer.bias.copy_(new_bias)
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
+        gm.meta.setdefault(FOLDED, {})[prev.target] = node.target  # save writes the bias back into the BN
         report.change(node.target, type(bn).__name__, f"folded into {prev.target}")
     gm.delete_all_unused_submodules()
 

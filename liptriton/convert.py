@@ -29,6 +29,7 @@ import torch
 from torch import fx, nn
 
 from liptriton._bounds import TRACE_ERRORS, LeafTracer, propagate
+from liptriton._origin import INSERTED, ORIGIN, record_origin
 from liptriton._rules import convert_module, fold_batchnorm
 from liptriton.parametrizations import bjorck, frobenius, householder, spectral
 
@@ -129,6 +130,7 @@ def _rewrite_residuals(gm: fx.GraphModule, report: ConversionReport) -> None:
         gm.add_submodule(name, mod)
         with gm.graph.inserting_after(node):
             new = gm.graph.call_module(name, (a, b))
+        new.meta[INSERTED] = "difference" if sub else "sum"
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         depends.add(new.name)
@@ -150,6 +152,7 @@ def _scale_output(gm: fx.GraphModule, factor: float) -> None:
     value = out.args[0]
     with gm.graph.inserting_before(out):
         scaled = gm.graph.call_function(operator.mul, (value, factor))
+    scaled.meta[INSERTED] = "output scale"
     out.args = (scaled,)
 
 
@@ -198,7 +201,9 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
 
     Returns:
         The converted model (a ``torch.fx.GraphModule`` when traced) with ``lipschitz_report``
-        (a :class:`ConversionReport`, printable).
+        (a :class:`ConversionReport`, printable). A traced one keeps a weightless copy of
+        ``model``'s architecture in its ``meta``, so that :func:`liptriton.save` writes the
+        constrained weights for ``model``'s own architecture.
 
     Raises:
         ValueError: bad options, or (strict) modules that prevent a guarantee, listed by name.
@@ -217,6 +222,7 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
         raise TypeError(f"lipschitzify: model must be an nn.Module, got {type(model).__name__}")
     if method == "frobenius":
         method_kwargs.setdefault("disjoint_neurons", False)
+    origin = record_origin(model)
     target = model if inplace else copy.deepcopy(model)
     report = ConversionReport()
     ctx = {**options, "method": _METHODS[method], "method_kwargs": method_kwargs, "layer_k": float(k)}
@@ -259,6 +265,7 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
             gm.recompile()
             report.change("output", "", f"multiplied by {k / bound:.6g} (planned bound {bound:.6g} > k)")
         gm.train(model.training)
+        gm.meta[ORIGIN] = origin  # what liptriton.save writes the weights for (survives deepcopy)
         result = gm
     if report.blockers:
         listing = "; ".join(f"{w}: {r}" for w, r in report.blockers)
@@ -283,6 +290,7 @@ def _check_function(gm: fx.GraphModule, node: fx.Node, report: ConversionReport,
         c = _FN_CONST[node.target]
         with gm.graph.inserting_after(node):
             scaled = gm.graph.call_function(operator.mul, (node, 1.0 / c))
+        scaled.meta[INSERTED] = "activation scale"
         node.replace_all_uses_with(scaled, delete_user_cb=lambda u: u is not scaled)
         report.change(node.name, getattr(node.target, "__name__", str(node.target)), f"scaled by 1/{c}")
         return

@@ -2,7 +2,8 @@
 
 A baked model is a plain torch model: every parametrization replaced by its constrained weight,
 computed with converged iterations, under the key names of the plain architecture (``0.weight``).
-Files are safetensors only (never pickle, see :mod:`liptriton._files`): tensors, plus string metadata
+A model made by lipschitzify is written in the architecture it was given (see
+:mod:`liptriton._architecture`), or refused with the reason. Files are safetensors only (never pickle, see :mod:`liptriton._files`): tensors, plus string metadata
 holding JSON (format version, library versions, each constrained layer's constraint and k, the bound,
 a SHA-256). Training checkpoints (the unbaked state) are in :mod:`liptriton.checkpoint`.
 """
@@ -14,11 +15,14 @@ import importlib
 import math
 import os
 import warnings
+import zipfile
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from liptriton._architecture import is_converted, user_architecture
+from liptriton._bake import converge, drop_stale_hooks, observe, own_classes, plainify
 from liptriton._files import (
     EXPORT_FORMAT,
     FORMAT_VERSION,
@@ -42,91 +46,6 @@ __all__ = ["FORMAT_VERSION", "bake", "load", "load_metadata", "save"]
 
 
 
-# ----------------------------------------------------------------------------------------------- bake
-def _drop_stale_hooks(model: nn.Module) -> None:
-    """Remove the forward hooks of a deepcopy that still act on modules of the original model (a
-    closure or a bound method is copied by reference: the conv states' input-size hooks are such)."""
-    mine = {id(m) for m in model.modules()}
-
-    def stale(hook) -> bool:
-        owners = [getattr(hook, "__self__", None)]
-        for cell in getattr(hook, "__closure__", None) or ():
-            try:
-                owners.append(cell.cell_contents)
-            except ValueError:  # an empty cell
-                pass
-        return any(isinstance(o, nn.Module) and id(o) not in mine for o in owners)
-
-    for m in model.modules():
-        for hooks in (m._forward_pre_hooks, m._forward_hooks):
-            for hid, hook in list(hooks.items()):
-                if stale(hook):
-                    del hooks[hid]
-                    m._forward_pre_hooks_with_kwargs.pop(hid, None)
-                    m._forward_hooks_with_kwargs.pop(hid, None)
-
-
-def _own_classes(model: nn.Module) -> None:
-    """Give every parametrized module of a deepcopy its own class: deepcopy shares the dynamically
-    created ``Parametrized<Layer>`` class with the original, and removing a parametrization deletes
-    its property from that class (it would break the original model)."""
-    for m in model.modules():
-        if parametrize.is_parametrized(m):
-            cls = type(m)
-            body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-            m.__class__ = type(cls.__name__, cls.__bases__, body)
-
-
-def _observe(model: nn.Module, example_input: Tensor | tuple) -> None:
-    """One eval forward of ``example_input`` that tells every conv state its input size."""
-    handles = []
-    for m in model.modules():
-        if parametrize.is_parametrized(m):
-            for plist in m.parametrizations.values():
-                for p in plist:
-                    if isinstance(getattr(p, "conv", None), ConvNormState):
-                        handles.append(m.register_forward_pre_hook(
-                            lambda mod, args, c=p.conv: c.observe(args[0]) if args else None))
-    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _converge(p: LipschitzParametrization, w: Tensor, steps: int | None) -> None:
-    """Re-run the power iterations of ``p`` (``steps``, else its ``n_iters_init``) from its current
-    state; Björck layers also take the extra steps that still make the weight more orthogonal."""
-    w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
-    p.converge_states(w, steps)
-    if isinstance(p, Bjorck):
-        p.eval_extra = p.extra_steps(w)
-        if p.eval_extra and isinstance(getattr(p, "conv", None), ConvNormState):
-            p.converge_states(w, steps)  # the operator norm of the more orthogonal kernel
-    p._cache = None
-
-
-def _plainify(module: nn.Module) -> nn.Module:
-    """Replace liptriton layers by their plain export (``vanilla_export``), recursively."""
-    export = getattr(module, "vanilla_export", None)
-    if callable(export):
-        try:
-            new = export()
-        except NotImplementedError:
-            new = module
-        if isinstance(new, nn.Module) and new is not module:
-            return _plainify(new)
-    for name, child in list(module.named_children()):
-        if name == "parametrizations" and parametrize.is_parametrized(module):
-            continue
-        new = _plainify(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
-
-
 def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.Module, list[dict]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"liptriton.bake: model must be an nn.Module, got {type(model).__name__}")
@@ -134,10 +53,10 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
     baked = copy.deepcopy(model)
     modes = {name: m.training for name, m in baked.named_modules()}
     baked.eval()
-    _own_classes(baked)
-    _drop_stale_hooks(baked)
+    own_classes(baked)
+    drop_stale_hooks(baked)
     if example_input is not None:
-        _observe(baked, example_input)
+        observe(baked, example_input)
     layers: list[dict] = []
     with torch.no_grad():
         for path, module in baked.named_modules():
@@ -149,7 +68,7 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
                          "constraints": [], "k": None, "bound": None}
                 for p in plist:
                     if x is not None and isinstance(p, LipschitzParametrization):
-                        _converge(p, x, power_iters)
+                        converge(p, x, power_iters)
                     entry["constraints"].append(type(p).__name__)
                     if isinstance(p, LipschitzParametrization):
                         entry["k"], entry["bound"] = p.k, p.lipschitz_bound()
@@ -168,7 +87,7 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
                         x = p(x)
                 if entry["k"] is not None:
                     layers.append(entry)
-    baked = _plainify(baked)
+    baked = plainify(baked)
     for m in list(baked.modules()):  # what has no plain counterpart keeps its class, weights baked
         if parametrize.is_parametrized(m):
             for name in list(m.parametrizations.keys()):
@@ -237,7 +156,7 @@ def _bound(baked: nn.Module, layers: list[dict], example_input) -> dict:
             if getattr(cert, "lower", None) is not None:
                 out["lower"] = float(cert.lower)
             return out
-    value = math.prod(entry["bound"] for entry in layers) if layers else None
+    value = math.prod(entry.get("constraint_bound", entry["bound"]) for entry in layers) if layers else None
     return {"kind": "product_of_layer_bounds", "value": value,
             "note": note + "product of the constrained layers' bounds: the model's bound only for a chain of "
                     "these layers and 1-Lipschitz activations (no residual sums); not a certificate"}
@@ -247,22 +166,38 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
          metadata: dict | None = None) -> None:
     """Bake ``model`` and write its plain weights to a safetensors file, with the bound in the metadata.
 
+    A model made by :func:`liptriton.lipschitzify` is written in the architecture it was given:
+    the scalings the conversion inserted (output scale, pooling and activation constants, the
+    weights of the convex residual sums) are pushed through positively homogeneous operations
+    (ReLU, GroupSort, pooling, identity shortcuts) into the neighbouring Linear / Conv weights
+    and biases, and folded BatchNorms are written as exact identities (weight 1, bias 0, mean 0,
+    ``var + eps = 1``). The file then loads strictly into the user's own (plain) model, in eval
+    mode, and computes the constrained function. Where that architecture cannot (a scaling no
+    layer can absorb, e.g. before a GELU or at the output of a sigmoid), save raises and names
+    the node; :func:`liptriton.save_program` writes the converted architecture instead.
+    Other models are written under their own key names (liptriton layers as torch layers).
+
     Metadata (JSON strings): ``format``, ``format_version``, ``liptriton_version``, ``torch_version``,
-    ``layers`` (per constrained tensor: key, constraints, k, bound, measured norm, conv input
-    size), ``bound`` (with ``example_input`` and liptriton.certify available: the certified upper
-    bound of the baked model, ``kind="certified"``; else the product of the layers' bounds,
-    labelled ``kind="product_of_layer_bounds"``), ``user`` (``metadata``) and ``sha256``.
+    ``architecture`` (``class``: the model class the weights are for; what it was written for),
+    ``layers`` (per constrained tensor: key, constraints, k, ``bound`` of the file's weight, the
+    ``absorbed_factor`` and the ``constraint_bound`` before it, measured norm, conv input size), ``bound`` (with ``example_input`` and
+    liptriton.certify available: the certified upper bound of the file's model,
+    ``kind="certified"``; else the product of the layers' bounds, labelled
+    ``kind="product_of_layer_bounds"``), ``user`` (``metadata``) and ``sha256``.
 
     Args:
         model: the constrained model (left unchanged).
         path: the file to write (written atomically).
         example_input: an input of the real size: convolutions are normalized at least at this
-            size and the certificate is computed on it.
+            size, the certificate is computed on it, scalings that depend on the input size
+            (adaptive pooling) are taken at it, and the written model is checked against it.
         metadata: your own JSON-serializable dict, stored under ``user``.
 
     Raises:
         FileNotFoundError: the folder of ``path`` does not exist (save creates no folder, as
             ``torch.save``; checked before any work).
+        ValueError: the user's architecture cannot compute the converted model's function (the
+            nodes are named), or bad metadata.
 
     Examples:
         >>> import torch, liptriton
@@ -274,9 +209,10 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
     user = check_user_metadata("liptriton.save", metadata)
     check_folder("liptriton.save", path)  # before the (slow) bake and certificate
     baked, layers = _bake(model, example_input, None)
-    tensors = cpu_tensors("liptriton.save", baked.state_dict())
-    meta = {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, **versions(), "layers": layers,
-            "bound": _bound(baked.eval(), layers, example_input), "user": user}
+    plain, state, architecture = user_architecture(model, baked, layers, example_input)
+    tensors = cpu_tensors("liptriton.save", state)
+    meta = {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, **versions(), "architecture": architecture,
+            "layers": layers, "bound": _bound(plain.eval(), layers, example_input), "user": user}
     write(path, tensors, meta, "liptriton.save")
 
 
@@ -296,7 +232,8 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a safetensors file, truncated or corrupted, a checkpoint instead of an
-            export, or a wrong architecture.
+            export, or a wrong architecture (a file :func:`save` wrote for the architecture given
+            to lipschitzify refuses the converted or baked model, whose scalings it already holds).
 
     Examples:
         >>> import torch, liptriton
@@ -304,7 +241,12 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         >>> model = liptriton.load("/tmp/net.safetensors", torch.nn.Sequential(torch.nn.Linear(4, 2)))
     """
     owner = "liptriton.load"
-    tensors, _ = read(owner, path, EXPORT_FORMAT)
+    tensors, meta = read(owner, path, EXPORT_FORMAT)
+    arch = meta.get("architecture") if isinstance(meta.get("architecture"), dict) else {}
+    if arch.get("from") == "lipschitzify" and is_converted(model):
+        raise ValueError(f"{owner}: {path} holds the weights of {arch.get('class')}, the architecture given to "
+                         "lipschitzify (the conversion's scalings are in its weights); load it into that plain "
+                         "model, in eval mode, not into the converted or baked model")
     hint = ""
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         hint = " (the model has parametrizations: load into the plain architecture, e.g. liptriton.bake(model))"
@@ -315,7 +257,11 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
 
 
 def load_metadata(path: str | os.PathLike) -> dict:
-    """Return the decoded metadata of a liptriton file (export or checkpoint), without reading tensors.
+    """Return the decoded metadata of a liptriton file, without reading tensors.
+
+    Export (:func:`save`) and checkpoint files (safetensors), and programs of
+    :func:`liptriton.save_program` (``.pt2``). ``architecture["class"]`` names the model class
+    the weights are for.
 
     Examples:
         >>> import torch, liptriton
@@ -323,4 +269,8 @@ def load_metadata(path: str | os.PathLike) -> dict:
         >>> liptriton.load_metadata("/tmp/net.safetensors")["format"]
         'liptriton.export'
     """
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        from liptriton.program import read_program_metadata
+
+        return read_program_metadata(path)
     return read("liptriton.load_metadata", path, None, tensors=False)[1]
