@@ -7,37 +7,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.common_types import _size_1_t, _size_2_t
 
+from liptriton.functional.padding import symmetric_pad
+
 __all__ = ["PadConv1d", "PadConv2d", "plain_torch_layer", "symmetric_pad"]
 
 _PAD_MODES = ("zeros", "reflect", "replicate", "circular", "symmetric")
 _PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def symmetric_pad(x: Tensor, pads: list[int] | tuple[int, ...]) -> Tensor:
-    """Pad the last dimensions of ``x`` by mirroring, edge element included (numpy's "symmetric").
-
-    Args:
-        x: the input, (N, C, *spatial).
-        pads: ``F.pad`` order: (last_before, last_after, previous_before, previous_after, ...).
-
-    Returns:
-        The padded tensor.
-
-    Examples:
-        >>> symmetric_pad(torch.tensor([[[1.0, 2.0, 3.0]]]), (1, 2)).tolist()
-        [[[1.0, 1.0, 2.0, 3.0, 3.0, 2.0]]]
-    """
-    for i in range(len(pads) // 2):
-        before, after = int(pads[2 * i]), int(pads[2 * i + 1])
-        dim = x.dim() - 1 - i
-        if before == 0 and after == 0:
-            continue
-        parts = [x.narrow(dim, 0, before).flip(dim)] if before else []
-        parts.append(x)
-        if after:
-            parts.append(x.narrow(dim, x.shape[dim] - after, after).flip(dim))
-        x = torch.cat(parts, dim)
-    return x
 
 
 def _check_conv_args(owner: str, in_channels: int, out_channels: int, groups: int, padding_mode: str,
