@@ -28,7 +28,7 @@ def _jacobian_norm(model: nn.Module, x: Tensor, disjoint_neurons: bool = False, 
         jac = jac.movedim(outdim, 0).reshape(jac.shape[outdim] * n, -1, xdim)
     else:
         jac = jac.reshape(n, -1, xdim)
-    return float(torch.linalg.matrix_norm(jac, ord=2).max())
+    return float(torch.linalg.matrix_norm(jac.detach(), ord=2).max())
 
 
 def _ratio(ref: Tensor, pred: Tensor, noise: Tensor, disjoint_neurons: bool, per_neuron_dim: int) -> Tensor:
