@@ -123,8 +123,8 @@ def evaluate_lip_const(model: nn.Module, x: Tensor | None = None,
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return evaluate_lip_const(model, x, evaluation_type, disjoint_neurons, input_shape, expected_value,
-                                      **kwargs)
+            return evaluate_lip_const(model, x, evaluation_type, disjoint_neurons, input_shape,
+                                      expected_value, **kwargs)
     if evaluation_type == "all":
         evaluation_type = list(_METHODS)
     if isinstance(evaluation_type, (list, tuple)):
@@ -132,8 +132,8 @@ def evaluate_lip_const(model: nn.Module, x: Tensor | None = None,
                   for t in evaluation_type]
         return float(torch.tensor(values).max())  # float32, as deel-torchlip
     if evaluation_type not in _METHODS:
-        raise ValueError(f"evaluate_lip_const: evaluation_type must be one of {list(_METHODS)}, 'all' or a list "
-                         f"of them, got {evaluation_type!r}")
+        raise ValueError(f"evaluate_lip_const: evaluation_type must be one of {list(_METHODS)}, 'all' or a "
+                         f"list of them, got {evaluation_type!r}")
     params = next(model.parameters(), None)
     device = params.device if params is not None else torch.device("cpu")
     if x is None:
@@ -149,6 +149,6 @@ def evaluate_lip_const(model: nn.Module, x: Tensor | None = None,
     finally:
         model.train(was_training)
     if expected_value is not None:
-        assert value <= expected_value, (f"Empirical lipschitz constant {value} is higher than expected value "
-                                         f"{expected_value}")
+        assert value <= expected_value, (f"Empirical lipschitz constant {value} is higher than expected "
+                                         f"value {expected_value}")
     return value

@@ -54,7 +54,8 @@ def spectral_(tensor: Tensor, eps_spectral: float = DEFAULT_EPS_SPECTRAL,
         >>> bool(torch.linalg.matrix_norm(w, 2) <= 1.0)
         True
     """
-    warnings.warn("spectral_ initialization is deprecated, use torch.nn.init.orthogonal_ instead", stacklevel=2)
+    warnings.warn("spectral_ initialization is deprecated, use torch.nn.init.orthogonal_ instead",
+                  stacklevel=2)
     with torch.no_grad():
         tensor.copy_(spectral_normalization(tensor, None, eps=eps_spectral, maxiter=maxiter_spectral)[0])
 

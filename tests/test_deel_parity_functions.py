@@ -126,7 +126,8 @@ def test_sqrt_with_gradeps_same_values_and_gradients():
     with torch.no_grad():
         x[:3] = 0
     for eps in (1e-6, 0.1):
-        assert_same(run(liptriton.utils.sqrt_with_gradeps, (x, eps)), run(deel.utils.sqrt_with_gradeps, (x, eps)))
+        assert_same(run(liptriton.utils.sqrt_with_gradeps, (x, eps)),
+                    run(deel.utils.sqrt_with_gradeps, (x, eps)))
 
 
 def test_frobenius_norm_and_its_removal_same_values_and_gradients():

@@ -150,10 +150,9 @@ def test_spectral_layers_reach_k_where_deel_stays_below(name):
     # coercive factor leaves convolutions below k)
     args, shape = SPECTRAL[name]
     k = 1.5
-    theirs = getattr(deel.modules, name)(*args, padding=1, k_coef_lip=k) if "Conv" in name and "Trans" not in name \
-        else getattr(deel.modules, name)(*args, k_coef_lip=k)
-    ours = getattr(liptriton, name)(*args, padding=1, k_coef_lip=k) if "Conv" in name and "Trans" not in name \
-        else getattr(liptriton, name)(*args, k_coef_lip=k)
+    kwargs = {"padding": 1} if "Conv" in name and "Trans" not in name else {}
+    theirs = getattr(deel.modules, name)(*args, k_coef_lip=k, **kwargs)
+    ours = getattr(liptriton, name)(*args, k_coef_lip=k, **kwargs)
     ours(torch.randn(2, *shape))
     theirs(torch.randn(2, *shape))
     n_ours, n_theirs = _conv_norm(ours, shape), _conv_norm(theirs, shape)
@@ -206,8 +205,9 @@ def test_sequential_k_coef_lip_reaches_the_layers():
 
 def test_vanilla_model_keeps_the_outputs_of_both():
     def net(lib):
-        return nn.Sequential(lib.SpectralConv2d(2, 4, 3, padding=1), lib.GroupSort2(), lib.ScaledL2NormPool2d(2),
-                             nn.Flatten(), lib.FrobeniusLinear(4 * 9, 3, disjoint_neurons=False))
+        return nn.Sequential(lib.SpectralConv2d(2, 4, 3, padding=1), lib.GroupSort2(),
+                             lib.ScaledL2NormPool2d(2), nn.Flatten(),
+                             lib.FrobeniusLinear(4 * 9, 3, disjoint_neurons=False))
     x = torch.randn(2, 2, 6, 6)
     for lib in (liptriton, deel):
         model = net(lib)

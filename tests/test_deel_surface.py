@@ -50,8 +50,8 @@ def _targets(sub: str, obj: object) -> list[str]:
 
 
 CASES = [(sub, name, obj, target) for sub, name, obj in _deel_public() for target in _targets(sub, obj)]
-CLASSES = sorted({name: obj for sub, name, obj in _deel_public() if inspect.isclass(obj) and sub in ("", ".modules")}
-                 .items())
+CLASSES = sorted({name: obj for sub, name, obj in _deel_public()
+                  if inspect.isclass(obj) and sub in ("", ".modules")}.items())
 
 # The intermediate steps of two deel-torchlip losses, public by name only (their docstrings do not
 # describe them): liptriton computes these losses in one fused op, and documents so
@@ -97,7 +97,8 @@ def test_name_and_signature(sub, name, obj, target):
         assert ours == obj, f"{target}.{name} = {ours!r}, deel-torchlip has {obj!r}"
         return
     if inspect.isclass(obj) != inspect.isclass(ours):
-        pytest.fail(f"{target}.{name}: deel-torchlip's is {'a class' if inspect.isclass(obj) else 'a function'}")
+        kind = "a class" if inspect.isclass(obj) else "a function"
+        pytest.fail(f"{target}.{name}: deel-torchlip's is {kind}")
     theirs = list(inspect.signature(obj).parameters.values())
     mine = list(inspect.signature(ours).parameters.values())
     names = [p.name for p in mine]
@@ -107,7 +108,8 @@ def test_name_and_signature(sub, name, obj, target):
             continue
         assert p.name in names, f"{target}.{name} lacks deel's parameter {p}"
         q = mine[names.index(p.name)]
-        assert names.index(p.name) == i, f"{target}.{name}: {p.name} is parameter {names.index(p.name)}, deel's {i}"
+        assert names.index(p.name) == i, (
+            f"{target}.{name}: {p.name} is parameter {names.index(p.name)}, deel's {i}")
         assert q.kind not in (inspect.Parameter.KEYWORD_ONLY, *VARIADIC) or p.kind == q.kind, (
             f"{target}.{name}: {p.name} is keyword-only here, positional in deel-torchlip")
         assert (p.default is inspect.Parameter.empty) == (q.default is inspect.Parameter.empty), (
@@ -117,4 +119,5 @@ def test_name_and_signature(sub, name, obj, target):
                 f"{target}.{name}: {p.name} default {q.default!r}, deel-torchlip's {p.default!r}")
     extra = [q for q in mine[len(theirs):] if q.kind not in VARIADIC]
     for q in extra:  # liptriton's own parameters come after deel's and are optional
-        assert q.default is not inspect.Parameter.empty, f"{target}.{name}: extra parameter {q.name} is required"
+        assert q.default is not inspect.Parameter.empty, (
+            f"{target}.{name}: extra parameter {q.name} is required")

@@ -67,13 +67,15 @@ def _constrain_spectral(layer: nn.Module, k: float, eps_spectral: float, eps_bjo
             p.state.n_iters = _MATRIX_POWER_ITERS
 
 
-def _check_output_padding(owner: str, output_padding: _size_2_t, stride: _size_2_t, dilation: _size_2_t) -> None:
+def _check_output_padding(owner: str, output_padding: _size_2_t, stride: _size_2_t,
+                          dilation: _size_2_t) -> None:
     """torch refuses it only at the first forward; deel-torchlip at construction."""
     pair = nn.modules.utils._pair
     for op, s, d in zip(pair(output_padding), pair(stride), pair(dilation)):
         if op < 0 or (op >= s and op >= d):
-            raise ValueError(f"{owner}: output_padding must be >= 0 and smaller than the stride or the dilation, "
-                             f"got output_padding={output_padding!r}, stride={stride!r}, dilation={dilation!r}")
+            raise ValueError(f"{owner}: output_padding must be >= 0 and smaller than the stride or the "
+                             f"dilation, got output_padding={output_padding!r}, stride={stride!r}, "
+                             f"dilation={dilation!r}")
 
 
 class _SpectralConvMixin(LipschitzModule):

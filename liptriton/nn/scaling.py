@@ -43,7 +43,8 @@ class SharedLipFactory:
         """
         if not self.modules:
             return torch.ones(())
-        scalings = [torch.as_tensor(m.get_scaling_factor(training=training)).reshape(()) for m in self.modules]
+        scalings = [torch.as_tensor(m.get_scaling_factor(training=training)).reshape(())
+                    for m in self.modules]
         return torch.prod(torch.stack(scalings))
 
 

@@ -70,7 +70,8 @@ def max_reads_1d(kernel: int, stride: int, dilation: int, padding: tuple[int, in
     smallest = max(smallest, 1, dilation * (kernel - 1) + 1 - before - after)
     # beyond this size the two borders no longer interact and the pattern only repeats with the stride
     largest = smallest + 2 * (before + after + dilation * (kernel - 1) + 2 * stride) + 4
-    best = max(_reads_at(n, kernel, stride, dilation, before, after, mode) for n in range(smallest, largest + 1))
+    best = max(_reads_at(n, kernel, stride, dilation, before, after, mode)
+               for n in range(smallest, largest + 1))
     return max(best, 1)
 
 
