@@ -16,16 +16,21 @@ __all__ = ["evaluate_lip_const"]
 
 
 def _jacobian_norm(model: nn.Module, x: Tensor, disjoint_neurons: bool = False, **kwargs) -> float:
-    """Largest spectral norm of the Jacobian at the samples (per output neuron if ``disjoint_neurons``)."""
+    """Largest spectral norm of the Jacobian at the samples (per output neuron if ``disjoint_neurons``).
 
-    def one(xi: Tensor) -> Tensor:
-        return model(xi.unsqueeze(0))
-
-    jac = torch.func.vmap(torch.func.jacrev(one))(x.detach().clone())
-    n, xdim = x.shape[0], x[0].numel()
-    if disjoint_neurons:
-        outdim = jac.dim() - (x.dim() - 1) - 1  # the output-neuron axis (after the vmapped batch axis 1)
-        jac = jac.movedim(outdim, 0).reshape(jac.shape[outdim] * n, -1, xdim)
+    The model is in eval mode, where samples do not interact: one forward of the batch, then one
+    backward per output entry gives that row of every sample's Jacobian (deel-torchlip uses
+    ``vmap(jacrev)``, which refuses layers that update buffers in eval, e.g. BatchCentering).
+    """
+    x = x.detach().clone().requires_grad_(True)
+    y = model(x)
+    n, xdim, out_shape = x.shape[0], x[0].numel(), y.shape[1:]
+    flat = y.reshape(n, -1)
+    rows = [torch.autograd.grad(flat[:, i].sum(), x, retain_graph=i + 1 < flat.shape[1])[0].reshape(n, xdim)
+            for i in range(flat.shape[1])]
+    jac = torch.stack(rows, dim=1).reshape(n, *out_shape, xdim)  # (N, *out, xdim)
+    if disjoint_neurons:  # deel-torchlip's grouping: the output neurons along the last output axis
+        jac = jac.movedim(len(out_shape), 0).reshape(out_shape[-1] * n, -1, xdim)
     else:
         jac = jac.reshape(n, -1, xdim)
     return float(torch.linalg.matrix_norm(jac.detach(), ord=2).max())

@@ -187,8 +187,12 @@ def _net():
 @pytest.mark.parametrize("evaluation_type", ["jacobian_norm", "noise_norm", "attack", "all",
                                              ["noise_norm", "jacobian_norm"]])
 @pytest.mark.parametrize("disjoint_neurons", [False, True])
-def test_evaluate_lip_const_same_values(evaluation_type, disjoint_neurons):
-    net, x = _net(), torch.randn(5, 6)
+@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
+def test_evaluate_lip_const_same_values(evaluation_type, disjoint_neurons, conv):
+    if conv:
+        net, x = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Tanh()), torch.randn(4, 2, 6)
+    else:
+        net, x = _net(), torch.randn(5, 6)
     kwargs = {"num_iterations": 5, "num_noisy_samples": 4}
     torch.manual_seed(3)
     ours = liptriton.utils.evaluate_lip_const(net, x, evaluation_type, disjoint_neurons, **kwargs)
