@@ -233,3 +233,18 @@ def test_scaling_factors_and_shared_factory_as_deel():
         assert isinstance(lib.GroupSort2(), lib.ScaledLipschitzModule)
         assert float(lib.SpectralLinear(2, 2, k_coef_lip=3.0).get_scaling()) == 3.0
         torch.testing.assert_close(torch.as_tensor(lib.GroupSort2().get_scaling_factor()), torch.ones(1))
+
+
+def test_a_deel_checkpoint_loads_with_strict_false():
+    theirs = nn.Sequential(deel.SpectralLinear(6, 4), deel.GroupSort2(), deel.SpectralLinear(4, 2))
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    for _ in range(2):
+        theirs(torch.randn(4, 6)).square().sum().backward()
+        opt.step()
+    ours = nn.Sequential(liptriton.SpectralLinear(6, 4), liptriton.GroupSort2(), liptriton.SpectralLinear(4, 2))
+    result = ours.load_state_dict(theirs.state_dict(), strict=False)
+    assert all("._u" in k or "._v" in k or "_w_bjorck" in k for k in result.unexpected_keys)
+    x = torch.randn(3, 6)
+    theirs.train()(x)  # deel-torchlip's eval reuses the Björck weight of its last training forward
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), rtol=0, atol=5e-3)
