@@ -62,7 +62,7 @@ def max_reads_1d(kernel: int, stride: int, dilation: int, padding: tuple[int, in
 
     Examples:
         >>> max_reads_1d(3, 1, 1, (1, 1), "zeros"), max_reads_1d(3, 1, 1, (1, 1), "reflect")
-        (3, 4)
+        (3, 5)
     """
     before, after = padding
     smallest = {"reflect": max(before, after) + 1, "symmetric": max(before, after),
@@ -91,6 +91,6 @@ def max_reads(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[
 
     Examples:
         >>> max_reads((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), "reflect")
-        16
+        25
     """
     return math.prod(max_reads_1d(k, s, d, p, mode) for k, s, d, p in zip(kernel, stride, dilation, padding))
