@@ -111,3 +111,23 @@ def test_conv_transpose_export_and_refused_geometry():
     for kwargs in ({"stride": 2, "output_padding": 2}, {"stride": 1, "output_padding": 1}):
         with pytest.raises(ValueError, match="output_padding must be"):
             liptriton.SpectralConvTranspose2d(3, 2, 3, **kwargs)
+
+
+INVALID = [("SpectralConv2d", {"stride": 0}), ("SpectralConv2d", {"dilation": 0}),
+           ("SpectralConv2d", {"padding": -1}),
+           ("SpectralConv1d", {"stride": -1}), ("SpectralConv1d", {"kernel_size": 0}),
+           ("FrobeniusConv2d", {"stride": 0}), ("FrobeniusConv2d", {"padding": "same", "stride": 2}),
+           ("PadConv2d", {"dilation": 0}), ("PadConv1d", {"padding": -2}),
+           ("SpectralConvTranspose2d", {"padding": "same"}), ("SpectralConvTranspose2d", {"stride": 0}),
+           ("SpectralConvTranspose2d", {"output_padding": 2, "stride": 2})]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), INVALID, ids=[f"{n}-{'-'.join(k)}" for n, k in INVALID])
+def test_invalid_geometry_is_refused_at_construction(name, kwargs):
+    deel = pytest.importorskip("deel.torchlip")
+    args = (3, 4) if "kernel_size" in kwargs else (3, 4, 3)
+    x = torch.randn(2, 3, 8) if name.endswith("1d") else torch.randn(2, 3, 8, 8)
+    with pytest.raises(Exception):  # deel-torchlip (or torch, at its first forward) refuses it too  # noqa: B017
+        getattr(deel.modules, name)(*args, **kwargs)(x)
+    with pytest.raises(ValueError, match=name):
+        getattr(liptriton, name)(*args, **kwargs)

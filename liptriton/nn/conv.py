@@ -25,7 +25,14 @@ from torch import nn
 from torch.nn.common_types import _size_1_t, _size_2_t
 
 from liptriton.nn.containers import LipschitzModule, check_coefficient
-from liptriton.nn.padconv import PadConv1d, PadConv2d, _check_conv_args, plain_torch_layer, symmetric_pad
+from liptriton.nn.padconv import (
+    PadConv1d,
+    PadConv2d,
+    _check_conv_args,
+    check_geometry,
+    plain_torch_layer,
+    symmetric_pad,
+)
 from liptriton.parametrizations import bjorck, frobenius
 
 __all__ = [
@@ -223,6 +230,7 @@ class SpectralConvTranspose2d(_SpectralConvMixin, nn.ConvTranspose2d):
                  dilation: _size_2_t = 1, padding_mode: str = "zeros", device=None, dtype=None,
                  k_coef_lip: float = 1.0, eps_spectral: float = 1e-3, eps_bjorck: float | None = 1e-3) -> None:
         _check_conv_args(type(self).__name__, in_channels, out_channels, groups, padding_mode, ("zeros",))
+        check_geometry(type(self).__name__, 2, kernel_size, stride, padding, dilation, transposed=True)
         if output_padding is None:
             output_padding = 0
         _check_output_padding(type(self).__name__, output_padding, stride, dilation)
