@@ -233,6 +233,13 @@ def test_scaling_factors_and_shared_factory_as_deel():
         assert isinstance(lib.GroupSort2(), lib.ScaledLipschitzModule)
         assert float(lib.SpectralLinear(2, 2, k_coef_lip=3.0).get_scaling()) == 3.0
         torch.testing.assert_close(torch.as_tensor(lib.GroupSort2().get_scaling_factor()), torch.ones(1))
+    scaled = [liptriton.SpectralLinear(2, 2, k_coef_lip=2.0), liptriton.GroupSort2(k_coef_lip=3.0)]
+    assert [float(m.get_scaling_factor()) for m in scaled] == [2.0, 3.0]
+    # deel-torchlip's factory cannot stack a LipschitzModule's float factor
+    factory = liptriton.SharedLipFactory()
+    factory.register(liptriton.SpectralLinear(2, 2, k_coef_lip=2.0))
+    factory.register(liptriton.BatchLipNorm(2))  # no statistics yet: factor 1
+    assert float(factory.get_current_product_value(training=False)) == pytest.approx(2.0)
 
 
 def test_a_deel_checkpoint_loads_with_strict_false():
@@ -241,7 +248,8 @@ def test_a_deel_checkpoint_loads_with_strict_false():
     for _ in range(2):
         theirs(torch.randn(4, 6)).square().sum().backward()
         opt.step()
-    ours = nn.Sequential(liptriton.SpectralLinear(6, 4), liptriton.GroupSort2(), liptriton.SpectralLinear(4, 2))
+    ours = nn.Sequential(liptriton.SpectralLinear(6, 4), liptriton.GroupSort2(),
+                         liptriton.SpectralLinear(4, 2))
     result = ours.load_state_dict(theirs.state_dict(), strict=False)
     assert all("._u" in k or "._v" in k or "_w_bjorck" in k for k in result.unexpected_keys)
     x = torch.randn(3, 6)

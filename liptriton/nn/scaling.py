@@ -76,10 +76,10 @@ class ScaledLipschitzModule:
             factory.register(self)
 
     def get_scaling_factor(self, training: bool = False) -> Tensor:
-        """The layer's factor: :meth:`get_scaling` with ``scaling``, else ``torch.ones(1)``."""
+        """The layer's factor as a tensor: :meth:`get_scaling` with ``scaling``, else ``torch.ones(1)``."""
         if not self.scaling:
             return torch.ones((1,))
-        return self.get_scaling(training=training)
+        return torch.as_tensor(self.get_scaling(training=training))
 
     def get_scaling(self, training: bool = False) -> Tensor | float:
         """The scaling factor; subclasses define it."""
