@@ -256,3 +256,27 @@ def test_a_deel_checkpoint_loads_with_strict_false():
     theirs.train()(x)  # deel-torchlip's eval reuses the Björck weight of its last training forward
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), rtol=0, atol=5e-3)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("ScaledAvgPool2d", {"ceil_mode": True}),
+                                              ("ScaledAvgPool2d", {"divisor_override": 2}),
+                                              ("ScaledAvgPool2d", {"divisor_override": 9}),
+                                              ("ScaledL2NormPool2d", {"ceil_mode": True})])
+def test_pooling_arguments_deel_accepts_keep_the_bound(name, kwargs):
+    # documented difference: deel-torchlip divides a partial ceil_mode window of m elements by m
+    # (sqrt(kh kw / m)-Lipschitz) and honours a divisor below kh kw (kh kw / d-Lipschitz); here
+    # every window is divided as a full one: equal outputs on full windows, the bound holds
+    ours, theirs = getattr(liptriton, name)(2, **kwargs), getattr(deel.modules, name)(2, **kwargs)
+    x = torch.randn(3, 2, 7, 7)
+    a, b = ours(x), theirs(x)
+    assert a.shape == b.shape
+    full = slice(0, 3)  # the windows that fit in 7 x 7
+    d = kwargs.get("divisor_override") or 4
+    scale = min(1.0, d / 4) if name == "ScaledAvgPool2d" else 1.0
+    torch.testing.assert_close(a[..., full, full], b[..., full, full] * scale)
+    if kwargs.get("ceil_mode"):  # partial windows: deel's output is larger by sqrt(4 / m) (m = 2, 1)
+        assert (a[..., 3, :3].abs() <= b[..., 3, :3].abs() + 1e-6).all()
+    lip = liptriton.utils.evaluate_lip_const(ours, x, "all", num_iterations=20, seed=0)
+    assert lip <= 1 + 1e-3
+    if kwargs.get("ceil_mode") or d < 4:
+        assert deel.utils.evaluate_lip_const(theirs, x, "jacobian_norm") > 1.2
