@@ -80,7 +80,8 @@ class ScaledAvgPool2d(_Scaled, nn.AvgPool2d):
         if tuple(_pair(padding)) != (0, 0):
             raise ValueError(f"{owner}: padding must be 0, got {padding!r}")
         if divisor_override is not None and (isinstance(divisor_override, bool) or divisor_override < 1):
-            raise ValueError(f"{owner}: divisor_override must be None or an integer >= 1, got {divisor_override!r}")
+            raise ValueError(f"{owner}: divisor_override must be None or an integer >= 1, "
+                             f"got {divisor_override!r}")
         nn.AvgPool2d.__init__(self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         LipschitzModule.__init__(self, k_coef_lip)
         self.scaling_factor = math.sqrt(ks[0] * ks[1])
