@@ -90,3 +90,8 @@ __all__ += ["lipschitzify", "ConversionReport", "certify", "Certificate", "Certi
 from liptriton import utils  # noqa: E402
 
 __all__ += ["utils"]
+
+from liptriton import init, normalizers  # noqa: E402
+from liptriton.nn.scaling import ScaledLipschitzModule, SharedLipFactory  # noqa: E402
+
+__all__ += ["init", "normalizers", "ScaledLipschitzModule", "SharedLipFactory"]

@@ -2,14 +2,17 @@
 
 ``bjorck_norm``, ``frobenius_norm`` and ``lconv_norm`` register liptriton parametrizations
 (compile-friendly, fixed iteration counts); the ``remove_*`` functions bake them into the
-plain weight; ``evaluate_lip_const`` measures a model's Lipschitz constant at sample points.
+plain weight; ``evaluate_lip_const`` measures a model's Lipschitz constant at sample points
+(deel-torchlip's three estimates); ``sqrt_with_gradeps`` is a square root with a finite gradient at 0.
 """
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.utils import parametrize
 
+from liptriton._evaluate import evaluate_lip_const
+from liptriton.ops.sqrt_eps import sqrt_with_gradeps
 from liptriton.parametrizations import bjorck, frobenius, spectral
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "remove_bjorck_norm",
     "remove_frobenius_norm",
     "remove_lconv_norm",
+    "sqrt_with_gradeps",
 ]
 
 
@@ -165,33 +169,3 @@ def remove_lconv_norm(module: nn.Module, name: str = "weight") -> nn.Module:
         False
     """
     return _remove("remove_lconv_norm", module, name)
-
-
-def evaluate_lip_const(model: nn.Module, x: Tensor, evaluation_type: str = "jacobian_norm", **kwargs) -> float:
-    """Measure a lower bound of ``model``'s l2 Lipschitz constant at the points ``x``.
-
-    The largest spectral norm of the Jacobian at the samples (power iteration with
-    ``torch.func``, then gradient ascent), as :func:`liptriton.certify` measures its ``lower``.
-
-    Args:
-        model: the model.
-        x: a batch of inputs.
-        evaluation_type: "jacobian_norm" (the only method; deel-torchlip's others are not
-            provided).
-        kwargs: passed to :func:`liptriton.certify` (``n_samples``, ``power_iters``,
-            ``ascent_steps``).
-
-    Returns:
-        The measured lower bound.
-
-    Examples:
-        >>> import torch
-        >>> net = bjorck_norm(torch.nn.Linear(6, 6))
-        >>> round(evaluate_lip_const(net, torch.randn(2, 6)), 3)
-        1.0
-    """
-    if evaluation_type != "jacobian_norm":
-        raise ValueError(f"evaluate_lip_const: evaluation_type must be 'jacobian_norm', got {evaluation_type!r}")
-    from liptriton.certify import certify
-
-    return float(certify(model, x, progress=False, **kwargs).lower)

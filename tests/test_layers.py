@@ -209,10 +209,10 @@ def test_padconv_symmetric_equals_deel():
     (lambda: liptriton.SpectralLinear(2, 2, eps_bjorck=-1.0), ["SpectralLinear", "eps_bjorck"]),
     (lambda: liptriton.SpectralConv2d(2, 2, 3, eps_spectral=0.0), ["SpectralConv2d", "eps_spectral"]),
     (lambda: liptriton.FrobeniusConv2d(2, 2, 3, groups=3), ["FrobeniusConv2d", "groups"]),
-    (lambda: liptriton.FrobeniusConv2d(2, 2, 3, padding=1, padding_mode="reflect"),
-     ["FrobeniusConv2d", "padding_mode", "circular"]),
+    (lambda: liptriton.SpectralConvTranspose2d(2, 2, 3, stride=2, output_padding=2),
+     ["SpectralConvTranspose2d", "output_padding", "stride"]),
 ], ids=["groups", "pad_mode", "transpose_pad_mode", "k", "eps_bjorck", "eps_spectral", "frobenius_groups",
-        "frobenius_pad_mode"])
+        "transpose_output_padding"])
 def test_bad_arguments(make, words):
     with pytest.raises(ValueError) as err:
         make()

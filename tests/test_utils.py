@@ -60,7 +60,7 @@ def test_evaluate_lip_const_and_bad_input():
                         torchlip.utils.bjorck_norm(nn.Linear(6, 3)))
     value = torchlip.utils.evaluate_lip_const(net, torch.randn(8, 6))
     assert 0.3 < value <= 1 + BOUND_SLACK
-    with pytest.raises(ValueError, match="evaluation_type must be 'jacobian_norm'"):
+    with pytest.raises(ValueError, match="evaluation_type must be one of"):
         torchlip.utils.evaluate_lip_const(net, torch.randn(2, 6), evaluation_type="sampling")
     with pytest.raises(ValueError, match="expected a convolution layer"):
         torchlip.utils.lconv_norm(nn.Linear(3, 3))

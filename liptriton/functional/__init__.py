@@ -21,6 +21,8 @@ from liptriton.functional.losses import (  # noqa: E402
     hinge_margin_loss,
     hkr_loss,
     kr_loss,
+    kr_loss_multi_gpu,
+    kr_loss_standard,
     neg_kr_loss,
     process_labels_for_multi_gpu,
 )
@@ -32,6 +34,10 @@ from liptriton.functional.losses_multiclass import (  # noqa: E402
     soft_hkr_multiclass_loss,
 )
 
-__all__ += ["apply_reduction", "kr_loss", "neg_kr_loss", "hinge_margin_loss", "hkr_loss",
+__all__ += ["apply_reduction", "kr_loss", "kr_loss_standard", "kr_loss_multi_gpu", "neg_kr_loss", "hinge_margin_loss", "hkr_loss",
             "process_labels_for_multi_gpu", "hinge_multiclass_loss", "hkr_multiclass_loss",
             "categorical_hinge_loss", "lse_hkr_multiclass_loss", "soft_hkr_multiclass_loss"]
+
+from liptriton.functional.padding import SymmetricPad, symmetric_pad  # noqa: E402
+
+__all__ += ["SymmetricPad", "symmetric_pad"]

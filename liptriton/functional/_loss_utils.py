@@ -19,11 +19,11 @@ def check_reduction(fn: str, reduction: str) -> str:
     return "mean" if reduction == "auto" else reduction
 
 
-def apply_reduction(loss: Tensor, reduction: str) -> Tensor:
+def apply_reduction(val: Tensor, reduction: str) -> Tensor:
     """Reduce a per-sample loss: 'none' (as is), 'mean', 'sum', or 'auto' (= 'mean').
 
     Args:
-        loss: per-sample loss values.
+        val: per-sample loss values.
         reduction: 'none' | 'mean' | 'sum' | 'auto'.
 
     Returns:
@@ -35,10 +35,10 @@ def apply_reduction(loss: Tensor, reduction: str) -> Tensor:
     """
     reduction = check_reduction("apply_reduction", reduction)
     if reduction == "mean":
-        return loss.mean()
+        return val.mean()
     if reduction == "sum":
-        return loss.sum()
-    return loss
+        return val.sum()
+    return val
 
 
 def check_alpha(fn: str, alpha: float) -> float:

@@ -39,8 +39,8 @@ from liptriton.functional._loss_utils import (
 )
 from liptriton.ops.multiclass_hinge import multiclass_hkr
 
-__all__ = ["apply_reduction", "kr_loss", "neg_kr_loss", "hinge_margin_loss", "hkr_loss",
-           "process_labels_for_multi_gpu"]
+__all__ = ["apply_reduction", "kr_loss", "kr_loss_multi_gpu", "kr_loss_standard", "neg_kr_loss",
+           "hinge_margin_loss", "hkr_loss", "process_labels_for_multi_gpu"]
 
 
 @compiled_functional
@@ -100,6 +100,50 @@ def kr_loss(input: Tensor, target: Tensor, multi_gpu: bool = False, *, reduction
     """
     x, t, reduction = _prepare("kr_loss", input, target, reduction, gather_distributed, True)
     return _hkr_core(x, t, 0.0, 1.0, 1.0, bool(multi_gpu), True, reduction)
+
+
+def kr_loss_standard(input: Tensor, target: Tensor, *, reduction: str = "none",
+                     gather_distributed: bool = False) -> Tensor:
+    """:func:`kr_loss` with KR weights from the batch's labels (deel-torchlip's ``kr_loss_standard``).
+
+    Args:
+        input: logits (N,), (N, 1) or (N, C).
+        target: labels ({0, 1}, {-1, 1}; positive where > 0).
+        reduction: 'none' (default) | 'mean' | 'sum' | 'auto'.
+        gather_distributed: compute over the global batch of all ranks.
+
+    Returns:
+        Per-sample loss (N,) or its reduction.
+
+    Examples:
+        >>> import liptriton.functional as LF
+        >>> LF.kr_loss_standard(torch.tensor([[2.0], [-1.0]]), torch.tensor([1, 0]))
+        tensor([4., 2.])
+    """
+    return kr_loss(input, target, False, reduction=reduction, gather_distributed=gather_distributed)
+
+
+def kr_loss_multi_gpu(input: Tensor, target: Tensor, *, reduction: str = "none",
+                      gather_distributed: bool = False) -> Tensor:
+    """:func:`kr_loss` with targets that hold the KR weights (see :func:`process_labels_for_multi_gpu`).
+
+    deel-torchlip's ``kr_loss_multi_gpu``: the per-sample loss is ``mean_c(input * target)``.
+
+    Args:
+        input: logits (N,), (N, 1) or (N, C).
+        target: the weights from :func:`process_labels_for_multi_gpu`, same number of elements.
+        reduction: 'none' (default) | 'mean' | 'sum' | 'auto'.
+        gather_distributed: compute over the global batch of all ranks.
+
+    Returns:
+        Per-sample loss (N,) or its reduction.
+
+    Examples:
+        >>> import liptriton.functional as LF
+        >>> LF.kr_loss_multi_gpu(torch.tensor([[2.0], [-1.0]]), torch.tensor([[0.5], [-0.5]]))
+        tensor([1.0000, 0.5000])
+    """
+    return kr_loss(input, target, True, reduction=reduction, gather_distributed=gather_distributed)
 
 
 def neg_kr_loss(input: Tensor, target: Tensor, multi_gpu: bool = False, *, reduction: str = "none",

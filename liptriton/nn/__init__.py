@@ -62,3 +62,7 @@ __all__ += [  # noqa: RUF022  (grouped by kind, as deel-torchlip's API reference
             "PadConv2d", "ScaledAvgPool2d", "ScaledL2NormPool2d", "ScaledAdaptiveAvgPool2d",
             "ScaledAdaptativeL2NormPool2d", "InvertibleDownSampling", "InvertibleUpSampling", "LayerCentering",
             "LayerCentering2d", "BatchCentering", "BatchCentering2d", "BatchLipNorm", "ScaleBiasLayer"]
+
+from liptriton.nn.scaling import ScaledLipschitzModule, SharedLipFactory  # noqa: E402
+
+__all__ += ["ScaledLipschitzModule", "SharedLipFactory"]

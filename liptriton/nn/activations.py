@@ -21,16 +21,34 @@ from liptriton.functional.activations import (
     householder_activation,
     lipschitz_prelu,
 )
+from liptriton.nn.scaling import ScaledLipschitzModule
 
 _THETA_INITS = {"zeros": nn.init.zeros_, "ones": nn.init.ones_, "normal": nn.init.normal_}
 
 __all__ = ["FullSort", "GroupSort", "GroupSort2", "HouseHolder", "LPReLU", "MaxMin"]
 
 
-class _KCoef:
+class _KCoef(ScaledLipschitzModule):
     """``k_coef_lip`` storage; ``_coefficient_lip`` is deel-torchlip's name for the same number."""
 
     k_coef_lip: float
+    factory = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        # the torch module's __init__ (next in the MRO after the mixins); scaling is a property here
+        super(ScaledLipschitzModule, self).__init__(*args, **kwargs)
+
+    @property
+    def scaling(self) -> bool:
+        """Whether the factor differs from 1 (deel-torchlip's ``ScaledLipschitzModule.scaling``)."""
+        return self.k_coef_lip != 1.0
+
+    def apply_lipschitz_factor(self) -> None:
+        """Nothing to do: the factor multiplies the output in ``forward`` (deel-torchlip's API)."""
+
+    def get_scaling(self, training: bool = False, update: bool = True) -> float:
+        """The Lipschitz factor ``k_coef_lip``."""
+        return self.k_coef_lip
 
     @property
     def _coefficient_lip(self) -> float:

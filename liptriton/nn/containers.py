@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from liptriton.nn.scaling import ScaledLipschitzModule, SharedLipFactory
 from liptriton.parametrizations import Frobenius, LipschitzParametrization
 
 __all__ = ["LipResidual", "LipschitzModule", "Sequential", "check_coefficient", "vanilla_model"]
@@ -59,7 +60,7 @@ def _is_one_lipschitz(module: nn.Module) -> bool:
     return False
 
 
-class LipschitzModule:
+class LipschitzModule(ScaledLipschitzModule):
     """Mixin of every liptriton layer with a Lipschitz factor (deel-torchlip's ``LipschitzModule``).
 
     The factor (``k_coef_lip``, also readable and settable as deel-torchlip's ``_coefficient_lip``)
@@ -68,6 +69,8 @@ class LipschitzModule:
 
     Args:
         coefficient_lip: the Lipschitz constant of the layer (> 0).
+        factory: a :class:`~liptriton.nn.scaling.SharedLipFactory` to register with (only with a
+            factor != 1, as deel-torchlip).
 
     Examples:
         >>> import liptriton
@@ -75,8 +78,13 @@ class LipschitzModule:
         >>> lin._coefficient_lip = 2.0  # now 2-Lipschitz
     """
 
-    def __init__(self, coefficient_lip: float = 1.0) -> None:
+    def __init__(self, coefficient_lip: float = 1.0, factory: SharedLipFactory | None = None) -> None:
         self._k_coef_lip = check_coefficient(type(self).__name__, "k_coef_lip", coefficient_lip)
+        ScaledLipschitzModule.__init__(self, scaling=self._k_coef_lip != 1.0, factory=factory)
+
+    def get_scaling(self, training: bool = False, update: bool = True) -> float:
+        """The Lipschitz factor (deel-torchlip's ``get_scaling``)."""
+        return self._k_coef_lip
 
     @property
     def k_coef_lip(self) -> float:

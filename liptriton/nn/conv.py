@@ -25,7 +25,14 @@ from torch import nn
 from torch.nn.common_types import _size_1_t, _size_2_t
 
 from liptriton.nn.containers import LipschitzModule, check_coefficient
-from liptriton.nn.padconv import PadConv1d, PadConv2d, _check_conv_args, plain_torch_layer, symmetric_pad
+from liptriton.nn.padconv import (
+    PadConv1d,
+    PadConv2d,
+    _check_conv_args,
+    check_geometry,
+    plain_torch_layer,
+    symmetric_pad,
+)
 from liptriton.parametrizations import bjorck, frobenius
 
 __all__ = [
@@ -65,6 +72,17 @@ def _constrain_spectral(layer: nn.Module, k: float, eps_spectral: float, eps_bjo
     for p in layer.parametrizations.weight:
         if hasattr(p, "state"):
             p.state.n_iters = _MATRIX_POWER_ITERS
+
+
+def _check_output_padding(owner: str, output_padding: _size_2_t, stride: _size_2_t,
+                          dilation: _size_2_t) -> None:
+    """torch refuses it only at the first forward; deel-torchlip at construction."""
+    pair = nn.modules.utils._pair
+    for op, s, d in zip(pair(output_padding), pair(stride), pair(dilation)):
+        if op < 0 or (op >= s and op >= d):
+            raise ValueError(f"{owner}: output_padding must be >= 0 and smaller than the stride or the "
+                             f"dilation, got output_padding={output_padding!r}, stride={stride!r}, "
+                             f"dilation={dilation!r}")
 
 
 class _SpectralConvMixin(LipschitzModule):
@@ -145,7 +163,9 @@ class FrobeniusConv2d(_SpectralConvMixin, PadConv2d):
     """``k_coef_lip``-Lipschitz Conv2d by Frobenius normalization (a bound: the layer may stay below k).
 
     ``W * k / (||W||_F sqrt(overlap))``, ``overlap`` the largest number of kernel taps that read
-    one input element (``kh * kw`` at stride 1, fewer at larger strides, which are supported).
+    one input element (``kh * kw`` at stride 1, fewer at larger strides, which are supported;
+    more with a padding mode that copies input elements: reflect, replicate, circular and
+    symmetric padding count the reads of the copies, so the bound stays true).
 
     Args:
         in_channels: as :class:`PadConv2d`.
@@ -156,7 +176,7 @@ class FrobeniusConv2d(_SpectralConvMixin, PadConv2d):
         dilation: as :class:`PadConv2d`.
         groups: as :class:`PadConv2d`.
         bias: as :class:`PadConv2d`.
-        padding_mode: "zeros" or "circular" (modes that copy input elements break the bound).
+        padding_mode: "zeros", "reflect", "replicate", "circular" or "symmetric".
         k_coef_lip: the Lipschitz constant bound.
 
     Examples:
@@ -168,10 +188,6 @@ class FrobeniusConv2d(_SpectralConvMixin, PadConv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _size_2_t, stride: _size_2_t = 1,
                  padding: str | _size_2_t = 0, dilation: _size_2_t = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", k_coef_lip: float = 1.0) -> None:
-        if padding_mode not in ("zeros", "circular"):
-            raise ValueError(f"FrobeniusConv2d: padding_mode must be 'zeros' or 'circular', got {padding_mode!r}: "
-                             "padding that copies input elements (reflect, replicate, symmetric) breaks the "
-                             "Frobenius bound (measured 1.08 k with reflect); use SpectralConv2d")
         PadConv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                            padding_mode)
         LipschitzModule.__init__(self, k_coef_lip)
@@ -214,8 +230,10 @@ class SpectralConvTranspose2d(_SpectralConvMixin, nn.ConvTranspose2d):
                  dilation: _size_2_t = 1, padding_mode: str = "zeros", device=None, dtype=None,
                  k_coef_lip: float = 1.0, eps_spectral: float = 1e-3, eps_bjorck: float | None = 1e-3) -> None:
         _check_conv_args(type(self).__name__, in_channels, out_channels, groups, padding_mode, ("zeros",))
+        check_geometry(type(self).__name__, 2, kernel_size, stride, padding, dilation, transposed=True)
         if output_padding is None:
             output_padding = 0
+        _check_output_padding(type(self).__name__, output_padding, stride, dilation)
         nn.ConvTranspose2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, output_padding,
                                     groups, bias, dilation, padding_mode, device, dtype)
         LipschitzModule.__init__(self, k_coef_lip)

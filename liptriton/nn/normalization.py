@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from liptriton.nn.scaling import ScaledLipschitzModule
+
 __all__ = [
     "BatchCentering",
     "BatchCentering2d",
@@ -76,7 +78,7 @@ class ScaleBiasLayer(nn.Module):
         return out if self.bias is None else out + _channel_view(self.bias, x)
 
 
-class BatchLipNorm(nn.Module):
+class BatchLipNorm(nn.Module, ScaledLipschitzModule):
     r"""Batch normalization by one scale for all channels: ``y = (x - E[x]) / sqrt(max_c Var[x_c]) + beta``.
 
     Statistics of the batch in training (summed across processes when torch.distributed is

@@ -7,37 +7,35 @@ import torch
 from torch import Tensor, nn
 from torch.nn.common_types import _size_1_t, _size_2_t
 
+from liptriton.functional.padding import symmetric_pad
+
 __all__ = ["PadConv1d", "PadConv2d", "plain_torch_layer", "symmetric_pad"]
 
 _PAD_MODES = ("zeros", "reflect", "replicate", "circular", "symmetric")
 _PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
-def symmetric_pad(x: Tensor, pads: list[int] | tuple[int, ...]) -> Tensor:
-    """Pad the last dimensions of ``x`` by mirroring, edge element included (numpy's "symmetric").
+def check_geometry(owner: str, nd: int, kernel_size, stride, padding, dilation,
+                   transposed: bool = False) -> None:
+    """Refuse, at construction, a geometry torch would refuse only at the first forward.
 
-    Args:
-        x: the input, (N, C, *spatial).
-        pads: ``F.pad`` order: (last_before, last_after, previous_before, previous_after, ...).
-
-    Returns:
-        The padded tensor.
-
-    Examples:
-        >>> symmetric_pad(torch.tensor([[[1.0, 2.0, 3.0]]]), (1, 2)).tolist()
-        [[[1.0, 1.0, 2.0, 3.0, 3.0, 2.0]]]
+    Kernel sizes, strides and dilations are integers >= 1; paddings integers >= 0, or "same" /
+    "valid" (not for transposed convolutions).
     """
-    for i in range(len(pads) // 2):
-        before, after = int(pads[2 * i]), int(pads[2 * i + 1])
-        dim = x.dim() - 1 - i
-        if before == 0 and after == 0:
+    tup = torch.nn.modules.utils._ntuple(nd)
+    for arg, value, least in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                              ("dilation", dilation, 1), ("padding", padding, 0)):
+        if arg == "padding" and isinstance(value, str):
+            if transposed or value not in ("same", "valid"):
+                expected = "integers" if transposed else "integers, 'same' or 'valid'"
+                raise ValueError(f"{owner}: padding must be {expected}, got {value!r}")
+            if value == "same" and any(v != 1 for v in tup(stride)):
+                raise ValueError(f"{owner}: padding='same' needs stride 1 (torch's rule), got stride={stride!r}")
             continue
-        parts = [x.narrow(dim, 0, before).flip(dim)] if before else []
-        parts.append(x)
-        if after:
-            parts.append(x.narrow(dim, x.shape[dim] - after, after).flip(dim))
-        x = torch.cat(parts, dim)
-    return x
+        values = tup(value)
+        bad = any(isinstance(v, bool) or not isinstance(v, int) or v < least for v in values)
+        if len(values) != nd or bad:
+            raise ValueError(f"{owner}: {arg} must be {nd} integer(s) >= {least}, got {value!r}")
 
 
 def _check_conv_args(owner: str, in_channels: int, out_channels: int, groups: int, padding_mode: str,
@@ -135,6 +133,7 @@ class PadConv1d(_SymmetricPadMixin, nn.Conv1d):
                  padding: str | _size_1_t = 0, dilation: _size_1_t = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros") -> None:
         _check_conv_args(type(self).__name__, in_channels, out_channels, groups, padding_mode)
+        check_geometry(type(self).__name__, 1, kernel_size, stride, padding, dilation)
         nn.Conv1d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                            "zeros" if padding_mode == "symmetric" else padding_mode)
         self._setup_padding(padding_mode)
@@ -156,6 +155,7 @@ class PadConv2d(_SymmetricPadMixin, nn.Conv2d):
                  padding: str | _size_2_t = 0, dilation: _size_2_t = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros") -> None:
         _check_conv_args(type(self).__name__, in_channels, out_channels, groups, padding_mode)
+        check_geometry(type(self).__name__, 2, kernel_size, stride, padding, dilation)
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                            "zeros" if padding_mode == "symmetric" else padding_mode)
         self._setup_padding(padding_mode)

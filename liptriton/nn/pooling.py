@@ -1,10 +1,12 @@
 """Lipschitz pooling of deel-torchlip, drop-in: scaled average / l2-norm pooling and invertible
 (pixel-shuffle) down/up-sampling.
 
-Same outputs as deel-torchlip at ``k_coef_lip=1``. Arguments that would break the bound are
-refused (deel-torchlip accepts some of them silently): ``ceil_mode=True`` (a partial window of
-``m < kh kw`` elements makes the scaled pooling ``sqrt(kh kw / m)``-Lipschitz), a
-``divisor_override`` below ``kh kw``, and adaptive output sizes other than (1, 1).
+Same outputs as deel-torchlip at ``k_coef_lip=1``, and the bound holds for every argument
+deel-torchlip accepts: with ``ceil_mode=True`` a partial window of ``m < kh kw`` elements is
+divided as a full one (deel-torchlip divides by ``m``, which makes its scaled pooling
+``sqrt(kh kw / m)``-Lipschitz), and a ``divisor_override`` below ``kh kw`` acts as ``kh kw``
+(deel-torchlip's is ``kh kw / d``-Lipschitz). Overlapping windows, padding and adaptive output
+sizes other than (1, 1) are refused, as deel-torchlip does.
 InvertibleDownSampling/UpSampling multiply by ``k_coef_lip`` (deel-torchlip ignores it).
 """
 
@@ -30,15 +32,13 @@ __all__ = [
 ]
 
 
-def _check_window(owner: str, kernel_size, stride, ceil_mode: bool) -> tuple[int, int]:
+def _check_window(owner: str, kernel_size, stride) -> tuple[int, int]:
     ks = _pair(kernel_size)
     if len(ks) != 2 or any(not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"{owner}: kernel_size must be an int or a pair of ints >= 1, got {kernel_size!r}")
     if stride is not None and tuple(_pair(stride)) != tuple(ks):
         raise ValueError(f"{owner}: stride must be None or equal to kernel_size={kernel_size!r} (non-overlapping "
                          f"windows), got {stride!r}")
-    if ceil_mode:
-        raise ValueError(f"{owner}: ceil_mode must be False: a partial window breaks the Lipschitz bound")
     return ks
 
 
@@ -60,9 +60,10 @@ class ScaledAvgPool2d(_Scaled, nn.AvgPool2d):
         kernel_size: the window.
         stride: None or equal to ``kernel_size``.
         padding: must be 0.
-        ceil_mode: must be False.
+        ceil_mode: keep the partial windows at the bottom and right edges (each divided as a
+            full window, so the bound holds).
         count_include_pad: as ``nn.AvgPool2d`` (no effect without padding).
-        divisor_override: None, or a divisor >= ``kh kw``.
+        divisor_override: None, or a divisor; one below ``kh kw`` acts as ``kh kw``.
         k_coef_lip: the Lipschitz constant.
 
     Examples:
@@ -75,18 +76,28 @@ class ScaledAvgPool2d(_Scaled, nn.AvgPool2d):
                  ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
                  k_coef_lip: float = 1.0) -> None:
         owner = type(self).__name__
-        ks = _check_window(owner, kernel_size, stride, ceil_mode)
+        ks = _check_window(owner, kernel_size, stride)
         if tuple(_pair(padding)) != (0, 0):
             raise ValueError(f"{owner}: padding must be 0, got {padding!r}")
-        if divisor_override is not None and divisor_override < ks[0] * ks[1]:
-            raise ValueError(f"{owner}: divisor_override must be None or >= kh*kw={ks[0] * ks[1]}, "
+        if divisor_override is not None and (isinstance(divisor_override, bool) or divisor_override < 1):
+            raise ValueError(f"{owner}: divisor_override must be None or an integer >= 1, "
                              f"got {divisor_override!r}")
         nn.AvgPool2d.__init__(self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         LipschitzModule.__init__(self, k_coef_lip)
         self.scaling_factor = math.sqrt(ks[0] * ks[1])
+        # every window (partial ones of ceil_mode included) divided by at least kh kw: each output is
+        # sum / divisor * sqrt(kh kw), of norm <= 1 on disjoint windows
+        self._divisor = max(divisor_override or 0, ks[0] * ks[1])
+
+    @property
+    def scalingFactor(self) -> float:  # noqa: N802  (deel-torchlip's name)
+        """deel-torchlip's name of ``scaling_factor``."""
+        return self.scaling_factor
 
     def forward(self, input: Tensor) -> Tensor:
-        return nn.AvgPool2d.forward(self, input) * (self.k_coef_lip * self.scaling_factor)
+        pooled = F.avg_pool2d(input, self.kernel_size, self.stride, 0, self.ceil_mode, self.count_include_pad,
+                              self._divisor)
+        return pooled * (self.k_coef_lip * self.scaling_factor)
 
 
 class ScaledAdaptiveAvgPool2d(_Scaled, nn.AdaptiveAvgPool2d):
@@ -117,7 +128,7 @@ class ScaledL2NormPool2d(_Scaled, nn.LPPool2d):
     Args:
         kernel_size: the window.
         stride: None or equal to ``kernel_size``.
-        ceil_mode: must be False.
+        ceil_mode: keep the partial windows at the bottom and right edges (their exact l2 norm).
         k_coef_lip: the Lipschitz constant.
 
     Examples:
@@ -127,16 +138,22 @@ class ScaledL2NormPool2d(_Scaled, nn.LPPool2d):
 
     def __init__(self, kernel_size: _size_2_t, stride: _size_2_t | None = None, ceil_mode: bool = False,
                  k_coef_lip: float = 1.0) -> None:
-        _check_window(type(self).__name__, kernel_size, stride, ceil_mode)
+        _check_window(type(self).__name__, kernel_size, stride)
         nn.LPPool2d.__init__(self, 2, kernel_size, stride, ceil_mode)
         LipschitzModule.__init__(self, k_coef_lip)
 
     def forward(self, input: Tensor) -> Tensor:
-        return nn.LPPool2d.forward(self, input) * self.k_coef_lip
+        if not self.ceil_mode:
+            return nn.LPPool2d.forward(self, input) * self.k_coef_lip
+        # torch's lp_pool2d divides a partial window by its size m, then multiplies by kh kw: its
+        # output would be sqrt(kh kw / m) times the window's norm; here every window's exact norm
+        kh, kw = _pair(self.kernel_size)
+        sums = F.avg_pool2d(input.square(), (kh, kw), self.stride, 0, True, True, kh * kw) * (kh * kw)
+        return sums.relu().sqrt() * self.k_coef_lip
 
     def vanilla_export(self) -> nn.Module:
-        """A plain ``nn.LPPool2d`` at ``k_coef_lip=1``, else the module itself."""
-        if self.k_coef_lip == 1.0:
+        """A plain ``nn.LPPool2d`` at ``k_coef_lip=1`` without ``ceil_mode``, else the module itself."""
+        if self.k_coef_lip == 1.0 and not self.ceil_mode:
             return nn.LPPool2d(2, self.kernel_size, self.stride, self.ceil_mode)
         return self
 

@@ -6,6 +6,7 @@ import math
 
 from torch import Tensor, nn
 
+from liptriton.ops.conv_reads import max_reads
 from liptriton.ops.frobenius import frobenius_normalize
 from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout, check_positive, register
 
@@ -17,10 +18,15 @@ def conv_overlap(layout: WeightLayout) -> int:
 
     ``||conv|| <= sqrt(overlap) * ||W_reshaped||_2 <= sqrt(overlap) * ||W||_F``: each input
     element appears at most ``overlap`` times in the unfolded (im2col) input. Per dimension,
-    taps ``t`` reaching one input position differ by multiples of ``s / gcd(s, d)``.
+    taps ``t`` reaching one input position differ by multiples of ``s / gcd(s, d)``. Padding
+    modes that copy input elements (reflect, replicate, circular, symmetric) add the reads of
+    the copies (:func:`liptriton.ops.conv_reads.max_reads`, over every input size).
     """
     if layout.spec is None:
         return 1
+    spec = layout.spec
+    if spec.padding_mode != "zeros" and any(p != (0, 0) for p in spec.padding):
+        return max_reads(layout.shape[2:], spec.stride, spec.dilation, spec.padding, spec.padding_mode)
     kernel = layout.shape[2:]
     count = 1
     for k, s, d in zip(kernel, layout.spec.stride, layout.spec.dilation):
@@ -90,11 +96,6 @@ def frobenius(module: nn.Module, name: str = "weight", *, k: float = 1.0,
     owner = f"liptriton.frobenius({type(module).__name__})"
     k = check_positive(owner, "k", k)
     layout = WeightLayout(module, name, owner)
-    if layout.spec is not None and layout.spec.padding_mode != "zeros" and any(
-            p != (0, 0) for p in layout.spec.padding):
-        raise ValueError(f"{owner}: padding_mode={layout.spec.padding_mode!r} copies input elements, which the "
-                         "Frobenius bound does not cover; use padding_mode='zeros', or liptriton.spectral / "
-                         "liptriton.bjorck (normalized by the norm of the actual operator)")
     if layout.spec is not None and layout.spec.transposed and layout.spec.groups > 1 and disjoint_neurons:
         raise ValueError(f"{owner}: disjoint_neurons=True is not supported for grouped transposed "
                          "convolutions (groups > 1); use disjoint_neurons=False")
