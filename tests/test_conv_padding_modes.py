@@ -78,11 +78,7 @@ def test_bound_holds_on_the_padded_operator_and_export_matches(name, mode):
         torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-6)
 
 
-_SMALL = pytest.mark.xfail(raises=RuntimeError, strict=False, reason="lead fixes ConvNormState small inputs")
-
-
-@pytest.mark.parametrize(("channels", "length"), [pytest.param(c, n, marks=_SMALL) for c, n in
-                                                  ((2, 1), (2, 2), (2, 3), (1, 7))] + [(2, 5), (1, 8)])
+@pytest.mark.parametrize(("channels", "length"), [(2, 1), (2, 2), (2, 3), (1, 7), (2, 5), (1, 8)])
 def test_spectral_conv1d_on_short_inputs(channels, length):
     # fewer than 8 input entries (channels x length)
     layer = liptriton.SpectralConv1d(channels, 3, 3, padding=1)
