@@ -17,6 +17,7 @@ from torch import Tensor
 
 import liptriton
 from liptriton import ops
+from perf import ceilings as CEIL
 from perf import providers as P
 
 __all__ = ["CASES", "Case", "sizes_for"]
@@ -30,7 +31,7 @@ class Case:
 
     Attributes:
         name: unique name, e.g. "bjorck".
-        group: "op", "activation", "loss" or "network".
+        group: "ceiling", "op", "activation", "loss" or "network".
         mode: "fwd", "fwd+bwd", "train-step" or "eval".
         sizes: suite -> device -> list of sizes (a width, a shape tuple, or a named set).
         providers: provider names; compiled ones end with "-compiled".
@@ -41,6 +42,8 @@ class Case:
         compile_max: largest size (int) at which compiled providers run (compile time).
         check: optional ``check(provider, size, device) -> bool`` replacing the comparison.
         shape_of: size -> recorded shape string.
+        dtype: "float32", or "bfloat16" / "float16" for cases that run under autocast (recorded
+            in the rows' ``dtype``).
     """
 
     name: str
@@ -54,6 +57,7 @@ class Case:
     compile_max: int | None = None
     check: Callable[[str, object, str], bool] | None = None
     shape_of: Callable[[object], str] = field(default=lambda s: str(s))
+    dtype: str = "float32"
 
 
 def sizes_for(case: Case, suite: str, device: str) -> list:
@@ -101,10 +105,17 @@ def make_power_iteration(provider: str, n: int, device: str) -> Callable[[], obj
     return lambda: fn(w, u, v)
 
 
-def make_bjorck(provider: str, n: int, device: str) -> Callable[[], object]:
+BJORCK_ITERS = 15  # Björck steps of the op cases (the flop count of the GPU summary uses it too)
+
+
+def make_bjorck(provider: str, n: int | tuple[int, int], device: str) -> Callable[[], object]:
+    """Björck forward + backward of an n x n weight, or of an (m, n) one when ``n`` is a tuple."""
     torch.manual_seed(0)
-    fn = _op_fn(provider, lambda w: ops.bjorck(w, 15), lambda w: ops.bjorck_reference(w, 15))
-    return _fwd_bwd(fn, _unit_spectral(n, None, device))
+    fn = _op_fn(
+        provider, lambda w: ops.bjorck(w, BJORCK_ITERS), lambda w: ops.bjorck_reference(w, BJORCK_ITERS)
+    )
+    m, k = n if isinstance(n, tuple) else (n, None)
+    return _fwd_bwd(fn, _unit_spectral(m, k, device))
 
 
 def make_frobenius(provider: str, n: int, device: str) -> Callable[[], object]:
@@ -141,7 +152,9 @@ def make_bjorck_grouped(provider: str, name: str, device: str) -> Callable[[], o
     torch.manual_seed(0)
     ws = [_unit_spectral(m, n, device).requires_grad_(True) for m, n in WEIGHT_SETS[name]]
     fn = _op_fn(
-        provider, lambda ws: ops.bjorck_grouped(ws, 15), lambda ws: ops.bjorck_grouped_reference(ws, 15)
+        provider,
+        lambda ws: ops.bjorck_grouped(ws, BJORCK_ITERS),
+        lambda ws: ops.bjorck_grouped_reference(ws, BJORCK_ITERS),
     )
     gs = [torch.randn_like(w) for w in ws]
 
@@ -222,11 +235,11 @@ def make_hkr_multiclass(provider: str, n: int, device: str) -> Callable[[], obje
     return call
 
 
-def _network(name: str, mode: str) -> Maker:
+def _network(name: str, mode: str, dtype: str = "float32") -> Maker:
     def make(provider: str, size: tuple[int, int, int], device: str) -> Callable[[], object]:
         batch, image, width = size
         maker = P.make_step if mode == "train-step" else P.make_eval
-        fn, net = maker(name, provider, batch, image=image, width=width)
+        fn, net = maker(name, provider, batch, device=device, dtype=dtype, image=image, width=width)
         fn.module = net  # the runner checks that every weight got a gradient
         return fn
 
@@ -252,6 +265,10 @@ _NET = {
     "a": _widths([(2, 8, 4)], [(64, 16, 32)], [(64, 28, 32)], [(64, 28, 32)]),
     "b": _widths([(2, 8, 4)], [], [(128, 32, 32)], [(128, 32, 32)]),
 }
+# network (c), the drop-in layer-class network: 8x8 inputs, batch 64, first width 16
+_NET_C = _widths([(2, 8, 4)], [(64, 8, 16)], [(64, 8, 16)], [(64, 8, 16)])
+# network (b) under bf16 autocast: CUDA only (issue 15's target: batch 256, compiled)
+_NET_B_BF16 = {"tiny": {"cpu": [(2, 8, 4)]}, "quick": {"cpu": []}, "full": {"cpu": [], "cuda": [(256, 32, 32)]}}
 _NET_EVAL = {
     "a": _widths([(2, 8, 4)], [], [(64, 28, 32)], [(64, 28, 32)]),
     "b": _widths([(2, 8, 4)], [], [(128, 32, 32)], [(128, 32, 32)]),
@@ -261,6 +278,26 @@ NET_PROVIDERS = P.NET_PROVIDERS
 EVAL_PROVIDERS = [p for p in NET_PROVIDERS if p != "unconstrained-relu"]
 
 CASES: list[Case] = [
+    Case(
+        "copy",
+        "ceiling",
+        "fwd",
+        _widths([1 << 10], [1 << 22], [1 << 24], [1 << 28]),
+        ["torch"],
+        "torch",
+        CEIL.make_copy,
+        reference=None,
+    ),
+    Case(
+        "matmul",
+        "ceiling",
+        "fwd",
+        _widths([16], [256], [1024], [4096, 8192]),
+        CEIL.MATMUL_PROVIDERS,
+        "torch-fp32",
+        CEIL.make_matmul,
+        reference=None,
+    ),
     Case(
         "power_iteration",
         "op",
@@ -335,6 +372,27 @@ CASES: list[Case] = [
         "unconstrained-compiled",
         _network("b", "train-step"),
         reference=None,
+    ),
+    Case(
+        "net_c",
+        "network",
+        "train-step",
+        _NET_C,
+        P.NET_C_PROVIDERS,
+        "unconstrained",
+        _network("c", "train-step"),
+        reference=None,
+    ),
+    Case(
+        "net_b_bf16",
+        "network",
+        "train-step",
+        _NET_B_BF16,
+        NET_PROVIDERS,
+        "unconstrained-compiled",
+        _network("b", "train-step", "bfloat16"),
+        reference=None,
+        dtype="bfloat16",
     ),
     Case(
         "net_a_eval",
