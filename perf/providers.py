@@ -240,7 +240,8 @@ def make_step(
     ``dtype`` other than "float32" the forward and the loss run under ``torch.autocast``.
 
     Returns:
-        (step, module): ``step()`` runs one step and returns the loss.
+        (step, module): ``step()`` runs one step and returns the loss; ``step.optimizer`` and
+        ``step.body`` (forward + loss, compiled or not) are its parts.
     """
     net, x, y = build_network(name, provider, batch, device=device, **sizes)
     loss_fn = _loss_fn(name, provider)
@@ -264,6 +265,7 @@ def make_step(
             opt.step()
         return loss
 
+    step.optimizer, step.body = opt, body  # perf/profile_step.py times the parts of a step
     return step, net
 
 
