@@ -4,15 +4,17 @@
 # benchmark steps under one deadline and writes rows + a summary into the output folder.
 #
 #   bash perf/gpu_check.sh [OUT_DIR] [gpu-check options]     # OUT_DIR defaults to $OUT, then gpu-out
-#   bash perf/gpu_check.sh /tmp/dry --device cpu --dry-run   # the CPU dry run (under a minute)
+#   bash perf/gpu_check.sh /tmp/dry --device cpu --dry-run   # the CPU dry run (1-3 minutes)
+#   PERF_COMMIT=$(git rev-parse --short=10 HEAD) ...         # the commit the rows name, where the
+#                                                            # copied tree has no .git
 #
 # The deel-torchlip wheel travels in git (perf/wheels/, 61 KB, pure Python; refresh it with
 # `pip download deel-torchlip==1.0.5 --no-deps --only-binary=:all: -d perf/wheels`).
 # Whole command: at most 8 minutes (installs ~20 s, the Python part stops itself at --total-s 450).
 set -u
 cd "$(dirname "$0")/.."
-out="${1:-${OUT:-gpu-out}}"
-[ $# -gt 0 ] && shift
+out="${OUT:-gpu-out}"
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out="$1"; shift; fi
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1

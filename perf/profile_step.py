@@ -192,8 +192,36 @@ def _times(prof, tracker: _Tracker) -> dict[str, float]:
     return ms
 
 
-def profile_network(name: str, provider: str, steps: int = 3, **sizes) -> list[dict]:
+def _part_of(e, tracker: _Tracker) -> str | None:
+    """The part an event's self time belongs to (its innermost enclosing part range)."""
+    node, top_eval = e, None
+    while node is not None:
+        if node.name.startswith(("state:", "param:")):
+            return node.name
+        if node.name.startswith(_EVAL):
+            top_eval = node
+        if node.name.startswith("step:"):
+            if top_eval is not None:
+                return f"bwd:{tracker.node_part.get(top_eval.sequence_nr, _NET)}"
+            return f"fwd:{_NET}" if node.name == "step:forward" else node.name
+        node = node.cpu_parent
+    return None
+
+
+def _ops(prof, tracker: _Tracker, out: dict[str, dict[str, float]], steps: int) -> None:
+    """Add each op's self time (ms, averaged over ``steps``) to ``out[part][op]``."""
+    for e in prof.events():
+        part = _part_of(e, tracker)
+        if part is not None and not e.name.startswith(("step:", "param:", "state:")):
+            out.setdefault(part, defaultdict(float))[e.name] += e.self_cpu_time_total / 1e3 / steps
+
+
+def profile_network(
+    name: str, provider: str, steps: int = 3, ops: dict[str, dict[str, float]] | None = None, **sizes
+) -> list[dict]:
     """Profile ``steps`` eager training steps of network ``name``; one row per part of a step.
+
+    ``ops``, when given, receives each part's ops and their self time (ms per step).
 
     Returns:
         Rows ``{"part", "ms", "share", "gflop"}``, the step total first.
@@ -220,6 +248,8 @@ def profile_network(name: str, provider: str, steps: int = 3, **sizes) -> list[d
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 _step_parts(net, opt, fwd_loss, tracker)
             per_step.append(_times(prof, tracker))
+            if ops is not None:
+                _ops(prof, tracker, ops, steps)
         tracker.node_part.clear()
         counter = _FlopCount(tracker)
         with counter:
@@ -301,16 +331,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--net", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     parser.add_argument("--provider", nargs="+", default=["liptriton", "unconstrained"])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--ops", type=int, default=0, help="also list the N costliest ops of each large part")
     args = parser.parse_args(argv)
     sizes = {"a": {"batch": 64}, "b": {"batch": 128}, "c": {"batch": 64}}
     for name in args.net:
         for provider in args.provider:
-            rows = profile_network(name, provider, args.steps, **sizes[name])
+            ops: dict[str, dict[str, float]] = {}
+            rows = profile_network(name, provider, args.steps, ops, **sizes[name])
             print(
                 f"\n### network ({name}), {provider}, eager, torch {torch.__version__}, "
                 f"{torch.get_num_threads()} threads\n"
             )
             print(format_rows(rows), flush=True)
+            if args.ops:
+                total = rows[0]["ms"]
+                print("\nCostliest ops (self time, ms per step) of the parts over 3 % of the step:\n")
+                for part, by_op in sorted(ops.items(), key=lambda kv: -sum(kv[1].values())):
+                    if sum(by_op.values()) >= 0.03 * total:
+                        top = sorted(by_op.items(), key=lambda kv: -kv[1])[: args.ops]
+                        print(f"- {part}: " + ", ".join(f"{op} {ms:.1f}" for op, ms in top))
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -35,6 +36,9 @@ def history_path(device: str) -> Path:
 
 
 def _git_commit() -> str:
+    """HEAD's short hash; ``$PERF_COMMIT`` when set (a copied tree without .git, e.g. a GPU machine)."""
+    if os.environ.get("PERF_COMMIT"):
+        return os.environ["PERF_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(
