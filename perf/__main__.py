@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--run-id", help="join an existing run id (cases run by several invocations)")
     r.add_argument("--size", action="append", help="run only this size, a Python literal (repeatable)")
     r.add_argument("--provider", action="append", help="run only this provider (repeatable)")
+    r.add_argument(
+        "--interpret",
+        action="store_true",
+        help="CPU: liptriton's ops run their Triton kernels under the interpreter (needs TRITON_INTERPRET=1)",
+    )
     c = sub.add_parser("compare", help="newest run vs a baseline run, on ratios; exit 1 on regression")
     c.add_argument("--base", help="commit (prefix) of the baseline run (default: the previous run)")
     c.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -37,9 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         from perf.run import run
 
         out = None if args.out is None else ("-" if args.out == "-" else Path(args.out))
+        import contextlib
+
+        import liptriton
+
         sizes = [ast.literal_eval(s) for s in args.size] if args.size else None
-        run(args.suite, args.device, args.case, out, args.reps, run_id=args.run_id, providers=args.provider,
-            sizes=sizes)
+        with liptriton.config.interpret(True) if args.interpret else contextlib.nullcontext():
+            run(args.suite, args.device, args.case, out, args.reps, run_id=args.run_id, providers=args.provider,
+                sizes=sizes)
         return 0
     if args.cmd == "gpu-check":
         from perf.gpu_check import main as gpu_check_main

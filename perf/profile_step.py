@@ -2,6 +2,7 @@
 perf/providers.py, eager.
 
     python -m perf.profile_step [--net a b c] [--provider liptriton unconstrained] [--steps 3]
+                                [--ops N] [--threads 1]
 
 Parts of a step: zero_grad, the network's own forward and backward (everything that is not a
 parametrization), each parametrization's forward (the weight it computes) and backward, the
@@ -332,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", nargs="+", default=["liptriton", "unconstrained"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--ops", type=int, default=0, help="also list the N costliest ops of each large part")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="intra-op threads (1: steady on a shared, loaded machine)"
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     sizes = {"a": {"batch": 64}, "b": {"batch": 128}, "c": {"batch": 64}}
     for name in args.net:
         for provider in args.provider:
