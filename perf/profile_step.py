@@ -10,7 +10,8 @@ power-iteration state updates that run inside a parametrization's forward (any m
 sub-module of the parametrization, e.g. ``state.norm``), and the optimizer step.
 
 Time: ``torch.profiler`` (CPU activity) over ``--steps`` steps after two warm-up steps; a part's
-time is the median over the steps. Forward parts are ``record_function`` ranges opened by hooks
+time is the minimum over the steps (on a shared machine other jobs only ever add time; the
+minima of the parts need not add up to the minimum step exactly). Forward parts are ``record_function`` ranges opened by hooks
 on each ``ParametrizationList`` and by wrappers around the state methods; backward parts are
 the top-level ``autograd::engine::evaluate_function`` events, assigned to the parametrization
 whose forward created their autograd node (matched by sequence number; nodes created during
@@ -26,7 +27,6 @@ Nothing here knows a parametrization by name: it measures whatever the library d
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -257,13 +257,13 @@ def profile_network(
             _step_parts(net, opt, fwd_loss, tracker, counter)
     finally:
         tracker.remove()
-    return _rows(per_step, counter.flops, tracker.labels, statistics.median(plain), tracker.floor)
+    return _rows(per_step, counter.flops, tracker.labels, min(plain), tracker.floor)
 
 
 def _rows(
     per_step: list[dict], flops: dict[str, int], labels: list[str], plain_ms: float, floor: dict[str, float]
 ) -> list[dict]:
-    med = {k: statistics.median(s.get(k, 0.0) for s in per_step) for k in set().union(*per_step)}
+    med = {k: min(s.get(k, 0.0) for s in per_step) for k in set().union(*per_step)}
     total = sum(med.get(f"step:{p}", 0.0) for p in ("zero_grad", "forward", "backward", "optimizer"))
     params_fwd = sum(med.get(f"param:{lb}", 0.0) for lb in labels)
     state_outside = 0.0  # state calls outside a parametrization's forward (e.g. an input hook)
@@ -305,7 +305,7 @@ def _rows(
     ]
     rows.append(
         {
-            "part": "step, unprofiled (median)",
+            "part": "step, unprofiled (min)",
             "ms": plain_ms,
             "share": plain_ms / total,
             "gflop": 0.0,
