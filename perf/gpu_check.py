@@ -151,6 +151,7 @@ def _env() -> dict:
 
 def _tests_command(out: Path, dry_run: bool) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", "-m", TEST_SELECTION, "-q", "-p", "no:cacheprovider", "tests"]
+    cmd.append("--continue-on-collection-errors")  # a module that cannot import must not stop the rest
     if dry_run:
         return [*cmd, "--collect-only"]
     cmd += ["-n", "4", f"--junitxml={out / 'tests.xml'}"]
@@ -174,11 +175,13 @@ def _bench_command(step: Step, device: str, dry_run: bool, rows_path: Path, run_
     return cmd
 
 
-def _count_rows(path: Path, run_id: str, case: str) -> int:
+def _count_rows(path: Path, run_id: str, case: str) -> tuple[int, int]:
+    """(rows of ``case`` in this run, those with an error or a failed check)."""
     if not path.exists():
-        return 0
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return sum(1 for r in rows if r.get("run_id") == run_id and r.get("case") == case)
+        return 0, 0
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    mine = [r for r in rows if r.get("run_id") == run_id and r.get("case") == case]
+    return len(mine), sum(1 for r in mine if r.get("error") or not r.get("correct"))
 
 
 def gpu_check(
@@ -210,6 +213,7 @@ def gpu_check(
     validate_plan()
     start = time.perf_counter()
     deadline = start + total_s
+    out = Path(out).resolve()  # the children run in the repository root
     out.mkdir(parents=True, exist_ok=True)
     rows_path, status_path = out / f"{device}.jsonl", out / "status.json"
     run_id = f"{_now()}/{_git_commit()}/gpu-check" + ("-dry" if dry_run else "")
@@ -239,8 +243,9 @@ def gpu_check(
             continue
         cmd = _bench_command(step, device, dry_run, rows_path, run_id)
         res = run_with_timeout(cmd, min(step.budget_s, left), out / "bench.log", _env())
-        rows = _count_rows(rows_path, run_id, step.case)
-        finish_step({**entry, **res, "rows": rows, "note": f"{rows} rows"})
+        rows, bad = _count_rows(rows_path, run_id, step.case)
+        note = f"{rows} rows" + (f", {bad} with an error or a failed check" if bad else "")
+        finish_step({**entry, **res, "rows": rows, "note": note})
     return steps
 
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import liptriton
-from tests._measure import OperatorNorm, dense_singular_values, plain_conv
-from tests._tolerances import BOUND_SLACK, assert_close
+from _measure import OperatorNorm, dense_singular_values, plain_conv
+from _tolerances import BOUND_SLACK, assert_close
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 DTYPES = [torch.float32, torch.bfloat16]
