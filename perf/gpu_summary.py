@@ -46,6 +46,13 @@ def _med(rows: list[dict], case: str, provider: str, shape: str | None = None) -
     return None
 
 
+def _peak(rows: list[dict], case: str, provider: str) -> float | None:
+    for r in rows:
+        if r["case"] == case and r["provider"] == provider and r["correct"] and r.get("peak_bytes"):
+            return float(r["peak_bytes"])
+    return None
+
+
 def _largest(rows: list[dict], case: str, square: bool = False) -> str | None:
     shapes = {r["shape"] for r in rows if r["case"] == case and _shape_numel(r["shape"])}
     if square:
@@ -83,7 +90,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def targets(rows: list[dict]) -> list[str]:
     """One line per target: the measured value, the target, MET / MISSED (n/a without rows)."""
-    from perf.cases import BJORCK_ITERS
+    from perf.makers import BJORCK_ITERS
 
     out = []
     g = "net-b" if any(r["shape"] == "net-b" for r in rows) else "tiny"
@@ -121,14 +128,22 @@ def targets(rows: list[dict]) -> list[str]:
         )  # x, y, dy, dx: 4 float32 passes
         out.append(
             _line(
-                f"{case} {s or '(no row)'} fwd+bwd, fraction of copy bandwidth (4-pass floor)", v, ">= 0.7", v and v >= 0.7
+                f"{case} {s or '(no row)'} fwd+bwd, fraction of copy bandwidth (4-pass floor)",
+                v,
+                ">= 0.7",
+                v and v >= 0.7,
             )
         )
     s = _largest(rows, "power_iteration")
     t = _med(rows, "power_iteration", "liptriton", s)
     v = _ratio(6 * 4 * int(s) ** 2 / (t * 1e-3) if t else None, bw)  # 3 steps, W read twice per step
     out.append(
-        _line(f"power iteration {s or '(no row)'} (3 steps), fraction of copy bandwidth", v, ">= 0.7", v and v >= 0.7)
+        _line(
+            f"power iteration {s or '(no row)'} (3 steps), fraction of copy bandwidth",
+            v,
+            ">= 0.7",
+            v and v >= 0.7,
+        )
     )
     for case, want in (("net_b_bf16", 1.2), ("net_a", 1.3), ("net_b", 1.15)):
         base = _med(rows, case, "unconstrained-compiled")
@@ -150,6 +165,13 @@ def targets(rows: list[dict]) -> list[str]:
                     v and v >= want_deel,
                 )
             )
+    peaks = [_peak(rows, "net_b", p) for p in ("liptriton-compiled", "unconstrained-compiled")]
+    v = _ratio(*peaks)
+    out.append(
+        _line(
+            "net_b step peak memory, liptriton-compiled / unconstrained-compiled", v, "<= 1.2", v and v <= 1.2
+        )
+    )
     for case in ("net_a_eval", "net_b_eval"):
         v = _ratio(_med(rows, case, "liptriton-compiled"), _med(rows, case, "unconstrained-compiled"))
         out.append(
