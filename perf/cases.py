@@ -3,8 +3,8 @@ and a maker that returns one zero-argument call for (provider, size).
 
 Add a case: write a maker in perf/makers.py, ``make(provider, size, device) -> Callable[[],
 object]``, whose call returns the tensors that the correctness check compares (the output, and
-the gradient for "fwd+bwd"), and append a :class:`Case` to :data:`CASES`. The runner checks every provider of a
-case against the case's ``reference`` provider at the smallest size before timing it.
+the gradient for "fwd+bwd"), and append a :class:`Case` to :data:`CASES`. The runner checks
+every provider of a case against the case's ``reference`` provider before timing it.
 """
 
 from __future__ import annotations
