@@ -18,6 +18,10 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out="$1"; shift; fi
 mkdir -p "$out"
 py="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
+if ! "$py" -c "import torch" 2>/dev/null; then
+  echo "perf/gpu_check.sh: $py cannot import torch; set PYTHON to the interpreter that has it" >&2
+  exit 2
+fi
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu --format=csv 2>&1
