@@ -31,8 +31,13 @@ fi
       || echo "WARNING: the deel-torchlip wheel did not install: its providers will be skipped"
   fi
   if ! "$py" -c "import liptriton.kernels" 2>/dev/null; then
-    "$py" -m pip install -q --no-deps --no-build-isolation --no-cache-dir -e . \
-      || echo "WARNING: pip install -e . failed"
+    # no network: the machine's own setuptools builds it (pyproject's `license = "MIT"` needs
+    # setuptools >= 77); if it cannot, run from the source tree, where liptriton.kernels is the
+    # top-level kernels/ folder (pyproject's package-dir), through a link
+    if ! "$py" -m pip install -q --no-deps --no-build-isolation --no-cache-dir -e .; then
+      echo "WARNING: pip install -e . failed: running from the source tree (link liptriton/kernels -> ../kernels)"
+      [ -e liptriton/kernels ] || ln -s ../kernels liptriton/kernels
+    fi
   fi
   "$py" -m pip list 2>/dev/null | grep -i -E "^(torch|triton|deel-torchlip|liptriton|pytest|pytest-xdist|pytest-timeout) "
 } > "$out/env.txt" 2>&1
