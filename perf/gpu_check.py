@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from perf.providers import NET_C_PROVIDERS
+
 __all__ = ["PLAN", "Step", "add_arguments", "gpu_check", "main", "run_with_timeout", "validate_plan"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,38 +53,70 @@ class Step:
         case: a case name of ``perf.cases.CASES``.
         sizes: the sizes to run on CUDA (the dry run takes the case's tiny sizes instead).
         providers: the providers to run (None: every provider of the case).
-        budget_s: wall seconds after which the step's process is killed.
+        budget_s: wall seconds after which the step's process is killed (per process when split).
+        split: one process per provider family (a compiled provider with its eager twin, which its
+            check compares it with), so that a family whose compile outlasts its budget loses
+            only its own rows.
     """
 
     case: str
     sizes: tuple
     providers: tuple[str, ...] | None
     budget_s: float
+    split: bool = False
+
+    def provider_groups(self, dry_run: bool = False) -> list[list[str]]:
+        """The provider lists of the step's processes ([[]]: one process, every provider).
+
+        Example:
+            >>> Step("net_a", ((64, 28, 32),), ("liptriton-compiled", "deel-torchlip"), 60, True).provider_groups()
+            [['liptriton', 'liptriton-compiled'], ['deel-torchlip']]
+            >>> Step("net_a", ((64, 28, 32),), ("deel-torchlip", "unconstrained"), 60, True).provider_groups()
+            [['unconstrained'], ['deel-torchlip']]
+        """
+        providers = list(self.providers or ())
+        if dry_run:  # CPU compiles take minutes: the dry run runs the eager twin of each compiled provider
+            providers = list(dict.fromkeys(p.removesuffix("-compiled") for p in providers))
+        if not self.split:
+            return [providers]
+        families: dict[str, list[str]] = {}
+        for p in providers:
+            base = p.removesuffix("-compiled")
+            families.setdefault(base, [base] if p != base else [])
+            if p not in families[base]:
+                families[base].append(p)
+        # the baseline's family first, then liptriton's: the ratios need those two
+        order = {"unconstrained": 0, "liptriton": 1}
+        return sorted(families.values(), key=lambda g: order.get(g[0], 2))
 
 
 #: Benchmark steps, most important first (a step that no longer fits the deadline is skipped).
 PLAN: list[Step] = [
     Step("copy", (1 << 28,), None, 15),
     Step("matmul", (4096, 8192), None, 20),
-    Step("bjorck_grouped", ("net-b", "net-a"), ("liptriton", "torch-ref", "torch-ref-compiled"), 45),
+    Step("bjorck_grouped", ("net-b", "net-a"), ("liptriton", "torch-ref", "torch-ref-compiled"), 60),
     Step(
         "bjorck",
         (64, (64, 576), 256, (256, 1568), 4096),
         ("liptriton", "liptriton-compiled", "torch-ref"),
-        40,
+        60,
     ),
     Step(
-        "net_b_bf16", ((256, 32, 32),), ("liptriton-compiled", "unconstrained-compiled", "deel-torchlip"), 75
+        "net_b_bf16",
+        ((256, 32, 32),),
+        ("liptriton-compiled", "unconstrained-compiled", "deel-torchlip"),
+        75,
+        split=True,
     ),
-    Step("net_a", ((64, 28, 32),), tuple(_NET), 75),
-    Step("net_b", ((128, 32, 32),), tuple(_NET), 75),
+    Step("net_a", ((64, 28, 32),), tuple(_NET), 75, split=True),
+    Step("net_b", ((128, 32, 32),), tuple(_NET), 75, split=True),
     Step("power_iteration", (1024, 4096), ("liptriton", "torch-ref"), 12),
     Step("groupsort2", ((256, 256, 32, 32),), ("liptriton", "torch-ref", "deel-torchlip", "relu"), 15),
     Step("maxmin", ((256, 256, 32, 32),), ("liptriton", "torch-ref", "deel-torchlip", "relu"), 15),
     Step("hkr_multiclass", (1 << 20,), ("liptriton", "torch-ref", "deel-torchlip"), 15),
-    Step("net_c", ((64, 8, 16),), None, 60),
-    Step("net_a_eval", ((64, 28, 32),), tuple(_EVAL), 40),
-    Step("net_b_eval", ((128, 32, 32),), tuple(_EVAL), 40),
+    Step("net_c", ((64, 8, 16),), tuple(NET_C_PROVIDERS), 45, split=True),
+    Step("net_a_eval", ((64, 28, 32),), tuple(_EVAL), 45, split=True),
+    Step("net_b_eval", ((128, 32, 32),), tuple(_EVAL), 45, split=True),
 ]
 
 #: pytest selection of the CUDA tests, and the seconds they may take together.
@@ -163,7 +197,9 @@ def _tests_command(out: Path, dry_run: bool) -> list[str]:
     return cmd
 
 
-def _bench_command(step: Step, device: str, dry_run: bool, rows_path: Path, run_id: str) -> list[str]:
+def _bench_command(
+    step: Step, device: str, dry_run: bool, rows_path: Path, run_id: str, providers: list[str]
+) -> list[str]:
     from perf.cases import CASES, sizes_for
 
     case = next(c for c in CASES if c.name == step.case)
@@ -171,19 +207,22 @@ def _bench_command(step: Step, device: str, dry_run: bool, rows_path: Path, run_
     cmd = [sys.executable, "-m", "perf", "run", "--device", device, "--case", step.case]
     cmd += ["--suite", "tiny" if dry_run else "full", "--out", str(rows_path), "--run-id", run_id]
     cmd += [a for s in sizes for a in ("--size", repr(s))]
-    providers = list(step.providers or ())
-    if dry_run:  # CPU compiles take minutes: the dry run runs the eager twin of each compiled provider
-        providers = list(dict.fromkeys(p.removesuffix("-compiled") for p in providers))
     cmd += [a for p in providers for a in ("--provider", p)]
     return cmd
 
 
-def _count_rows(path: Path, run_id: str, case: str) -> tuple[int, int]:
-    """(rows of ``case`` in this run, those with an error or a failed check)."""
+def _count_rows(path: Path, run_id: str, case: str, providers: list[str]) -> tuple[int, int]:
+    """(rows of ``case`` (and ``providers``, if any) in this run, those with an error or a failed check)."""
     if not path.exists():
         return 0, 0
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    mine = [r for r in rows if r.get("run_id") == run_id and r.get("case") == case]
+    mine = [
+        r
+        for r in rows
+        if r.get("run_id") == run_id
+        and r.get("case") == case
+        and (not providers or r["provider"] in providers)
+    ]
     return len(mine), sum(1 for r in mine if r.get("error") or not r.get("correct"))
 
 
@@ -240,18 +279,20 @@ def gpu_check(
     for step in PLAN:
         if only and step.case not in only:
             continue
-        left = deadline - time.perf_counter() - RESERVE_S
         # the dry run checks the plumbing on a slow, shared CPU: its tiny cases get a looser budget
         budget = max(step.budget_s, DRY_RUN_MIN_BUDGET_S) if dry_run else step.budget_s
-        entry = {"name": step.case, "kind": "bench", "budget_s": budget}
-        if left < min(budget, 15.0):
-            finish_step({**entry, "status": "skipped", "note": f"no time left ({left:.0f} s)"})
-            continue
-        cmd = _bench_command(step, device, dry_run, rows_path, run_id)
-        res = run_with_timeout(cmd, min(budget, left), out / "bench.log", _env())
-        rows, bad = _count_rows(rows_path, run_id, step.case)
-        note = f"{rows} rows" + (f", {bad} with an error or a failed check" if bad else "")
-        finish_step({**entry, **res, "rows": rows, "note": note})
+        for providers in step.provider_groups(dry_run):
+            name = step.case + (f" [{', '.join(providers)}]" if step.split else "")
+            entry = {"name": name, "kind": "bench", "budget_s": budget}
+            left = deadline - time.perf_counter() - RESERVE_S
+            if left < min(budget, 15.0):
+                finish_step({**entry, "status": "skipped", "note": f"no time left ({left:.0f} s)"})
+                continue
+            cmd = _bench_command(step, device, dry_run, rows_path, run_id, providers)
+            res = run_with_timeout(cmd, min(budget, left), out / "bench.log", _env())
+            rows, bad = _count_rows(rows_path, run_id, step.case, providers)
+            note = f"{rows} rows" + (f", {bad} with an error or a failed check" if bad else "")
+            finish_step({**entry, **res, "rows": rows, "note": note})
     return steps
 
 
