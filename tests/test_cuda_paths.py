@@ -12,11 +12,11 @@ import copy
 
 import pytest
 import torch
+from _measure import OperatorNorm, dense_singular_values, plain_conv
+from _tolerances import BOUND_SLACK, assert_close
 from torch import nn
 
 import liptriton
-from _measure import OperatorNorm, dense_singular_values, plain_conv
-from _tolerances import BOUND_SLACK, assert_close
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 DTYPES = [torch.float32, torch.bfloat16]
