@@ -30,6 +30,18 @@ def test_plan_names_real_cases_and_providers():
         G.validate_plan([G.Step("bjorck", (8,), ("liptriton-fast",), 1)])
 
 
+def test_network_steps_split_by_provider_family_baseline_first():
+    step = next(s for s in G.PLAN if s.case == "net_b_bf16")
+    assert step.provider_groups() == [
+        ["unconstrained", "unconstrained-compiled"],  # a compiled provider with its eager twin
+        ["liptriton", "liptriton-compiled"],
+        ["deel-torchlip"],
+    ]
+    assert step.provider_groups(dry_run=True) == [["unconstrained"], ["liptriton"], ["deel-torchlip"]]
+    op = next(s for s in G.PLAN if s.case == "bjorck")
+    assert op.provider_groups() == [["liptriton", "liptriton-compiled", "torch-ref"]]
+
+
 def _alive(pid: int) -> bool:
     """True when ``pid`` runs (a killed process that nobody reaped yet is a zombie: not alive)."""
     try:
