@@ -1,8 +1,9 @@
-"""Command line: ``python -m perf run|compare|plot`` (run from the repository root)."""
+"""Command line: ``python -m perf run|compare|plot|gpu-check`` (run from the repository root)."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
@@ -18,6 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="history file to append to ('-': none)")
     r.add_argument("--reps", type=int)
     r.add_argument("--run-id", help="join an existing run id (cases run by several invocations)")
+    r.add_argument("--size", action="append", help="run only this size, a Python literal (repeatable)")
+    r.add_argument("--provider", action="append", help="run only this provider (repeatable)")
+    r.add_argument(
+        "--interpret",
+        action="store_true",
+        help="CPU: liptriton's ops run their Triton kernels under the interpreter (needs TRITON_INTERPRET=1)",
+    )
     c = sub.add_parser("compare", help="newest run vs a baseline run, on ratios; exit 1 on regression")
     c.add_argument("--base", help="commit (prefix) of the baseline run (default: the previous run)")
     c.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -25,14 +33,28 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--history", help="history file (default perf/history/<device>.jsonl)")
     p = sub.add_parser("plot", help="charts into docs/ and docs/perf.md")
     p.add_argument("--suite", help="draw runs of this suite (default: the newest run's)")
+    from perf.gpu_check import add_arguments
+
+    add_arguments(sub.add_parser("gpu-check", help="the one prepared command for a lent GPU machine"))
     args = parser.parse_args(argv)
 
     if args.cmd == "run":
         from perf.run import run
 
         out = None if args.out is None else ("-" if args.out == "-" else Path(args.out))
-        run(args.suite, args.device, args.case, out, args.reps, run_id=args.run_id)
+        import contextlib
+
+        import liptriton
+
+        sizes = [ast.literal_eval(s) for s in args.size] if args.size else None
+        with liptriton.config.interpret(True) if args.interpret else contextlib.nullcontext():
+            run(args.suite, args.device, args.case, out, args.reps, run_id=args.run_id, providers=args.provider,
+                sizes=sizes)
         return 0
+    if args.cmd == "gpu-check":
+        from perf.gpu_check import main as gpu_check_main
+
+        return gpu_check_main(args)
     if args.cmd == "compare":
         from perf.compare import compare, format_table, load
         from perf.run import history_path

@@ -1,10 +1,10 @@
 """Benchmark cases, as data: a name, a mode, sizes per suite and device, providers, a baseline,
 and a maker that returns one zero-argument call for (provider, size).
 
-Add a case: write a maker ``make(provider, size, device) -> Callable[[], object]`` whose call
-returns the tensors that the correctness check compares (the output, and the gradient for
-"fwd+bwd"), and append a :class:`Case` to :data:`CASES`. The runner checks every provider of a
-case against the case's ``reference`` provider at the smallest size before timing it.
+Add a case: write a maker in perf/makers.py, ``make(provider, size, device) -> Callable[[],
+object]``, whose call returns the tensors that the correctness check compares (the output, and
+the gradient for "fwd+bwd"), and append a :class:`Case` to :data:`CASES`. The runner checks
+every provider of a case against the case's ``reference`` provider before timing it.
 """
 
 from __future__ import annotations
@@ -12,16 +12,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-from torch import Tensor
-
-import liptriton
-from liptriton import ops
+from perf import ceilings as CEIL
 from perf import providers as P
+from perf.makers import (
+    ACT_PROVIDERS,
+    BJORCK_ITERS,
+    LOSS_PROVIDERS,
+    OP_PROVIDERS,
+    Maker,
+    activation,
+    make_bjorck,
+    make_bjorck_grouped,
+    make_frobenius,
+    make_hkr,
+    make_hkr_multiclass,
+    make_householder,
+    make_power_iteration,
+    network,
+)
 
-__all__ = ["CASES", "Case", "sizes_for"]
-
-Maker = Callable[[str, object, str], Callable[[], object]]
+__all__ = ["BJORCK_ITERS", "CASES", "Case", "sizes_for"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,7 @@ class Case:
 
     Attributes:
         name: unique name, e.g. "bjorck".
-        group: "op", "activation", "loss" or "network".
+        group: "ceiling", "op", "activation", "loss" or "network".
         mode: "fwd", "fwd+bwd", "train-step" or "eval".
         sizes: suite -> device -> list of sizes (a width, a shape tuple, or a named set).
         providers: provider names; compiled ones end with "-compiled".
@@ -41,6 +51,8 @@ class Case:
         compile_max: largest size (int) at which compiled providers run (compile time).
         check: optional ``check(provider, size, device) -> bool`` replacing the comparison.
         shape_of: size -> recorded shape string.
+        dtype: "float32", or "bfloat16" / "float16" for cases that run under autocast (recorded
+            in the rows' ``dtype``).
     """
 
     name: str
@@ -54,183 +66,13 @@ class Case:
     compile_max: int | None = None
     check: Callable[[str, object, str], bool] | None = None
     shape_of: Callable[[object], str] = field(default=lambda s: str(s))
+    dtype: str = "float32"
 
 
 def sizes_for(case: Case, suite: str, device: str) -> list:
     """Sizes of ``case`` in ``suite`` ("tiny", "quick", "full") on ``device``."""
     per = case.sizes.get(suite, case.sizes["quick"])
     return per.get(device, per["cpu"])
-
-
-def _compiled(fn: Callable, provider: str) -> Callable:
-    return torch.compile(fn, fullgraph=True, dynamic=False) if provider.endswith("-compiled") else fn
-
-
-def _fwd_bwd(fn: Callable[[Tensor], Tensor], w: Tensor) -> Callable[[], tuple[Tensor, Tensor]]:
-    w = w.detach().requires_grad_(True)
-    g = torch.randn_like(fn(w.detach()))
-
-    def call() -> tuple[Tensor, Tensor]:
-        out = fn(w)
-        (grad,) = torch.autograd.grad(out, w, g)
-        return out.detach(), grad
-
-    return call
-
-
-OP_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "torch-ref-compiled"]
-
-
-def _op_fn(provider: str, lip: Callable, ref: Callable) -> Callable:
-    return _compiled(ref if provider.startswith("torch-ref") else lip, provider)
-
-
-def _unit_spectral(n: int, m: int | None, device: str) -> Tensor:
-    w = torch.randn(n, m or n, device=device)
-    return w / torch.linalg.matrix_norm(w, 2) * 0.99
-
-
-def make_power_iteration(provider: str, n: int, device: str) -> Callable[[], object]:
-    torch.manual_seed(0)
-    w, u, v = torch.randn(n, n, device=device), torch.randn(n, device=device), torch.randn(n, device=device)
-    fn = _op_fn(
-        provider,
-        lambda w, u, v: ops.power_iteration(w, u, v, 3),
-        lambda w, u, v: ops.power_iteration_reference(w, u, v, 3),
-    )
-    return lambda: fn(w, u, v)
-
-
-def make_bjorck(provider: str, n: int, device: str) -> Callable[[], object]:
-    torch.manual_seed(0)
-    fn = _op_fn(provider, lambda w: ops.bjorck(w, 15), lambda w: ops.bjorck_reference(w, 15))
-    return _fwd_bwd(fn, _unit_spectral(n, None, device))
-
-
-def make_frobenius(provider: str, n: int, device: str) -> Callable[[], object]:
-    torch.manual_seed(0)
-    fn = _op_fn(provider, ops.frobenius_normalize, ops.frobenius_normalize_reference)
-    return _fwd_bwd(fn, torch.randn(n, n, device=device))
-
-
-def make_householder(provider: str, n: int, device: str) -> Callable[[], object]:
-    torch.manual_seed(0)
-    fn = _op_fn(
-        provider,
-        lambda v: ops.householder_product(v, n, n),
-        lambda v: ops.householder_product_reference(v, n, n),
-    )
-    return _fwd_bwd(fn, torch.randn(n, n, device=device))
-
-
-# Weight sets (smaller side first) of the whole-network cases, as (rows, cols) matrices.
-WEIGHT_SETS = {
-    "tiny": [(4, 9), (4, 36), (1, 16)],
-    "net-a": [(32, 9), (32, 288), (32, 288), (32, 288), (256, 1568), (1, 256)],
-    "net-b": [(32, 27)]
-    + [(32, 288)] * 2
-    + [(64, 288)]
-    + [(64, 576)] * 2
-    + [(128, 576)]
-    + [(128, 1152)] * 2
-    + [(10, 128)],
-}
-
-
-def make_bjorck_grouped(provider: str, name: str, device: str) -> Callable[[], object]:
-    torch.manual_seed(0)
-    ws = [_unit_spectral(m, n, device).requires_grad_(True) for m, n in WEIGHT_SETS[name]]
-    fn = _op_fn(
-        provider, lambda ws: ops.bjorck_grouped(ws, 15), lambda ws: ops.bjorck_grouped_reference(ws, 15)
-    )
-    gs = [torch.randn_like(w) for w in ws]
-
-    def call() -> tuple[Tensor, ...]:
-        outs = fn(ws)
-        grads = torch.autograd.grad(outs, ws, gs)
-        return (*[o.detach() for o in outs], *grads)
-
-    return call
-
-
-ACT_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "deel-torchlip", "relu", "relu-compiled"]
-
-
-def _activation(kind: str) -> Callable[[str, tuple, str], Callable[[], object]]:
-    def make(provider: str, shape: tuple, device: str) -> Callable[[], object]:
-        torch.manual_seed(0)
-        x = torch.randn(*shape, device=device)
-        if provider.startswith("relu"):
-            fn = torch.relu
-        elif provider == "deel-torchlip":
-            from deel import torchlip
-
-            fn = torchlip.GroupSort2() if kind == "groupsort2" else torchlip.MaxMin()
-        elif provider == "torch-ref":
-            fn = (
-                (lambda t: ops.group_sort_reference(t, 2, 1))
-                if kind == "groupsort2"
-                else (lambda t: ops.max_min_reference(t, 1))
-            )
-        else:
-            fn = liptriton.GroupSort2() if kind == "groupsort2" else liptriton.MaxMin()
-        return _fwd_bwd(_compiled(fn, provider), x)
-
-    return make
-
-
-LOSS_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "deel-torchlip"]
-
-
-def make_hkr(provider: str, n: int, device: str) -> Callable[[], object]:
-    torch.manual_seed(0)
-    x = torch.randn(n, 1, device=device)
-    y = (torch.arange(n, device=device) % 2).float().unsqueeze(1) * 2 - 1
-    if provider == "deel-torchlip":
-        from deel import torchlip
-
-        fn = torchlip.HKRLoss(alpha=0.9, min_margin=1.0)
-    else:
-        fn = liptriton.HKRLoss(alpha=0.9, min_margin=1.0)
-    loss = _compiled(lambda t: fn(t, y), provider)
-    inner = _fwd_bwd(loss, x)
-
-    def call() -> object:
-        with P.provider_context(provider):
-            return inner()
-
-    return call
-
-
-def make_hkr_multiclass(provider: str, n: int, device: str) -> Callable[[], object]:
-    torch.manual_seed(0)
-    x = torch.randn(n, 10, device=device)
-    y = torch.nn.functional.one_hot(torch.arange(n, device=device) % 10, 10).float()
-    if provider == "deel-torchlip":
-        from deel import torchlip
-
-        fn = torchlip.HKRMulticlassLoss(alpha=0.9, min_margin=1.0)
-    else:
-        fn = liptriton.HKRMulticlassLoss(alpha=0.9, min_margin=1.0)
-    loss = _compiled(lambda t: fn(t, y), provider)
-    inner = _fwd_bwd(loss, x)
-
-    def call() -> object:
-        with P.provider_context(provider):
-            return inner()
-
-    return call
-
-
-def _network(name: str, mode: str) -> Maker:
-    def make(provider: str, size: tuple[int, int, int], device: str) -> Callable[[], object]:
-        batch, image, width = size
-        maker = P.make_step if mode == "train-step" else P.make_eval
-        fn, net = maker(name, provider, batch, image=image, width=width)
-        fn.module = net  # the runner checks that every weight got a gradient
-        return fn
-
-    return make
 
 
 def _widths(tiny: list, quick: list, cpu: list, cuda: list) -> dict[str, dict[str, list]]:
@@ -252,6 +94,10 @@ _NET = {
     "a": _widths([(2, 8, 4)], [(64, 16, 32)], [(64, 28, 32)], [(64, 28, 32)]),
     "b": _widths([(2, 8, 4)], [], [(128, 32, 32)], [(128, 32, 32)]),
 }
+# network (c), the drop-in layer-class network: 8x8 inputs, batch 64, first width 16
+_NET_C = _widths([(2, 8, 4)], [(64, 8, 16)], [(64, 8, 16)], [(64, 8, 16)])
+# network (b) under bf16 autocast: CUDA only (issue 15's target: batch 256, compiled)
+_NET_B_BF16 = {"tiny": {"cpu": [(2, 8, 4)]}, "quick": {"cpu": []}, "full": {"cpu": [], "cuda": [(256, 32, 32)]}}
 _NET_EVAL = {
     "a": _widths([(2, 8, 4)], [], [(64, 28, 32)], [(64, 28, 32)]),
     "b": _widths([(2, 8, 4)], [], [(128, 32, 32)], [(128, 32, 32)]),
@@ -261,6 +107,26 @@ NET_PROVIDERS = P.NET_PROVIDERS
 EVAL_PROVIDERS = [p for p in NET_PROVIDERS if p != "unconstrained-relu"]
 
 CASES: list[Case] = [
+    Case(
+        "copy",
+        "ceiling",
+        "fwd",
+        _widths([1 << 10], [1 << 22], [1 << 24], [1 << 28]),
+        ["torch"],
+        "torch",
+        CEIL.make_copy,
+        reference=None,
+    ),
+    Case(
+        "matmul",
+        "ceiling",
+        "fwd",
+        _widths([16], [256], [1024], [4096, 8192]),
+        CEIL.MATMUL_PROVIDERS,
+        "torch-fp32",
+        CEIL.make_matmul,
+        reference=None,
+    ),
     Case(
         "power_iteration",
         "op",
@@ -311,9 +177,9 @@ CASES: list[Case] = [
         make_bjorck_grouped,
     ),
     Case(
-        "groupsort2", "activation", "fwd+bwd", _ACT_SHAPES, ACT_PROVIDERS, "relu", _activation("groupsort2")
+        "groupsort2", "activation", "fwd+bwd", _ACT_SHAPES, ACT_PROVIDERS, "relu", activation("groupsort2")
     ),
-    Case("maxmin", "activation", "fwd+bwd", _ACT_SHAPES, ACT_PROVIDERS, "relu", _activation("maxmin")),
+    Case("maxmin", "activation", "fwd+bwd", _ACT_SHAPES, ACT_PROVIDERS, "relu", activation("maxmin")),
     Case("hkr", "loss", "fwd+bwd", _LOSS_N, LOSS_PROVIDERS, "torch-ref", make_hkr),
     Case("hkr_multiclass", "loss", "fwd+bwd", _LOSS_N, LOSS_PROVIDERS, "torch-ref", make_hkr_multiclass),
     Case(
@@ -323,7 +189,7 @@ CASES: list[Case] = [
         _NET["a"],
         NET_PROVIDERS,
         "unconstrained-compiled",
-        _network("a", "train-step"),
+        network("a", "train-step"),
         reference=None,
     ),
     Case(
@@ -333,8 +199,29 @@ CASES: list[Case] = [
         _NET["b"],
         NET_PROVIDERS,
         "unconstrained-compiled",
-        _network("b", "train-step"),
+        network("b", "train-step"),
         reference=None,
+    ),
+    Case(
+        "net_c",
+        "network",
+        "train-step",
+        _NET_C,
+        P.NET_C_PROVIDERS,
+        "unconstrained",
+        network("c", "train-step"),
+        reference=None,
+    ),
+    Case(
+        "net_b_bf16",
+        "network",
+        "train-step",
+        _NET_B_BF16,
+        NET_PROVIDERS,
+        "unconstrained-compiled",
+        network("b", "train-step", "bfloat16"),
+        reference=None,
+        dtype="bfloat16",
     ),
     Case(
         "net_a_eval",
@@ -343,7 +230,7 @@ CASES: list[Case] = [
         _NET_EVAL["a"],
         EVAL_PROVIDERS,
         "unconstrained-compiled",
-        _network("a", "eval"),
+        network("a", "eval"),
         reference=None,
     ),
     Case(
@@ -353,7 +240,7 @@ CASES: list[Case] = [
         _NET_EVAL["b"],
         EVAL_PROVIDERS,
         "unconstrained-compiled",
-        _network("b", "eval"),
+        network("b", "eval"),
         reference=None,
     ),
 ]

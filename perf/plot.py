@@ -33,7 +33,7 @@ def _first_shape(rows: dict, case: str) -> str | None:
 
 
 def targets(run_rows: list[dict]) -> list[dict]:
-    """The targets of issues 7 and 2 with their measured values in one run (CPU ratios)."""
+    """The targets of issues 7, 2 and 12 with their measured values in one run (CPU ratios)."""
     r = ratios(run_rows)
     out = []
 
@@ -130,6 +130,15 @@ def targets(run_rows: list[dict]) -> list[dict]:
             "<=",
             1.3,
             "liptriton compiled / unconstrained compiled",
+        )
+    sc = _first_shape(r, "net_c")
+    if sc:
+        add(
+            "net (c) eager train step: speed-up vs deel-torchlip eager (issue 12 item 6)",
+            _med(r, "net_c", sc, "deel-torchlip") / _med(r, "net_c", sc, "liptriton"),
+            ">=",
+            1.5,
+            "deel-torchlip eager / liptriton eager (layer classes, drop-in import)",
         )
     return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -35,6 +36,9 @@ def history_path(device: str) -> Path:
 
 
 def _git_commit() -> str:
+    """HEAD's short hash; ``$PERF_COMMIT`` when set (a copied tree without .git, e.g. a GPU machine)."""
+    if os.environ.get("PERF_COMMIT"):
+        return os.environ["PERF_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(
@@ -83,7 +87,15 @@ def _tensors(out: object) -> list[torch.Tensor]:
     return []
 
 
-def _close(a: object, b: object) -> bool:
+def _tolerance(dtype: str, device: str) -> tuple[float, float]:
+    """(rtol, atol relative to the reference's largest magnitude) of the correctness check:
+    float32 on CPU; tf32 on CUDA (float32 convolutions and Triton dot products use it); bf16."""
+    if dtype in ("bfloat16", "float16"):
+        return 3e-2, 3e-2
+    return (1e-3, 1e-4) if device == "cpu" else (5e-3, 5e-3)
+
+
+def _close(a: object, b: object, rtol: float = 1e-3, atol: float = 1e-4) -> bool:
     ta, tb = _tensors(a), _tensors(b)
     if len(ta) != len(tb):
         return False
@@ -91,7 +103,7 @@ def _close(a: object, b: object) -> bool:
         if x.shape != y.shape or not bool(torch.isfinite(x).all()):
             return False
         scale = max(1.0, float(y.float().abs().max())) if y.numel() else 1.0
-        if not torch.allclose(x.float(), y.float(), rtol=1e-3, atol=1e-4 * scale):
+        if not torch.allclose(x.float(), y.float(), rtol=rtol, atol=atol * scale):
             return False
     return True
 
@@ -155,10 +167,11 @@ def run_case(
                 traceback.print_exc()
         setup[p] = time.perf_counter() - t0
     correct = {}
+    rtol, atol = _tolerance(case.dtype, device)
     for p in fns:
         ref = _reference_of(case, p)
         ok = (
-            _close(outs[p], outs[ref])
+            _close(outs[p], outs[ref], rtol, atol)
             if ref in outs and ref != p
             else bool(all(torch.isfinite(t).all() for t in _tensors(outs[p])))
         )
@@ -184,7 +197,7 @@ def run_case(
                 "provider": p,
                 "baseline": case.baseline,
                 "shape": case.shape_of(size),
-                "dtype": "float32",
+                "dtype": case.dtype,
                 "median_ms": med,
                 "p20_ms": p20,
                 "p80_ms": p80,
@@ -206,6 +219,7 @@ def run(
     log=print,
     run_id: str | None = None,
     providers: list[str] | None = None,
+    sizes: list | None = None,
 ) -> list[dict]:
     """Run ``suite`` on ``device`` and append its rows to the device's history.
 
@@ -218,6 +232,7 @@ def run(
         log: progress printer.
         run_id: join an existing run (rows of several processes compared as one run).
         providers: run only these providers (default: all of each case).
+        sizes: run only these sizes (default: the suite's sizes of each case).
 
     Returns:
         The rows written (each with the run's environment fields and ``run_id``).
@@ -238,7 +253,7 @@ def run(
         if only and case.name not in only:
             continue
         budget = 5.0 if suite == "tiny" else (60.0 if case.group == "network" else 15.0)
-        for size in sizes_for(case, suite, device):
+        for size in sizes if sizes is not None else sizes_for(case, suite, device):
             t0 = time.perf_counter()
             case_rows = [
                 {**env, **r} for r in run_case(case, size, suite, device, reps, budget, log, providers)

@@ -1,0 +1,215 @@
+"""The makers of the benchmark cases: ``make(provider, size, device) -> call``, where ``call()``
+runs the work once and returns the tensors that the correctness check compares (the output, and
+the gradient for "fwd+bwd"). perf/cases.py lists the cases that use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+import liptriton
+from liptriton import ops
+from perf import providers as P
+
+__all__ = [
+    "ACT_PROVIDERS",
+    "BJORCK_ITERS",
+    "LOSS_PROVIDERS",
+    "OP_PROVIDERS",
+    "WEIGHT_SETS",
+    "Maker",
+    "activation",
+    "make_bjorck",
+    "make_bjorck_grouped",
+    "make_frobenius",
+    "make_hkr",
+    "make_hkr_multiclass",
+    "make_householder",
+    "make_power_iteration",
+    "network",
+]
+
+Maker = Callable[[str, object, str], Callable[[], object]]
+
+
+def _compiled(fn: Callable, provider: str) -> Callable:
+    return torch.compile(fn, fullgraph=True, dynamic=False) if provider.endswith("-compiled") else fn
+
+
+def _fwd_bwd(fn: Callable[[Tensor], Tensor], w: Tensor) -> Callable[[], tuple[Tensor, Tensor]]:
+    w = w.detach().requires_grad_(True)
+    g = torch.randn_like(fn(w.detach()))
+
+    def call() -> tuple[Tensor, Tensor]:
+        out = fn(w)
+        (grad,) = torch.autograd.grad(out, w, g)
+        return out.detach(), grad
+
+    return call
+
+
+OP_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "torch-ref-compiled"]
+
+
+def _op_fn(provider: str, lip: Callable, ref: Callable) -> Callable:
+    return _compiled(ref if provider.startswith("torch-ref") else lip, provider)
+
+
+def _unit_spectral(n: int, m: int | None, device: str) -> Tensor:
+    w = torch.randn(n, m or n, device=device)
+    return w / torch.linalg.matrix_norm(w, 2) * 0.99
+
+
+def make_power_iteration(provider: str, n: int, device: str) -> Callable[[], object]:
+    torch.manual_seed(0)
+    w, u, v = torch.randn(n, n, device=device), torch.randn(n, device=device), torch.randn(n, device=device)
+    fn = _op_fn(
+        provider,
+        lambda w, u, v: ops.power_iteration(w, u, v, 3),
+        lambda w, u, v: ops.power_iteration_reference(w, u, v, 3),
+    )
+    return lambda: fn(w, u, v)
+
+
+BJORCK_ITERS = 15  # Björck steps of the op cases (the flop count of the GPU summary uses it too)
+
+
+def make_bjorck(provider: str, n: int | tuple[int, int], device: str) -> Callable[[], object]:
+    """Björck forward + backward of an n x n weight, or of an (m, n) one when ``n`` is a tuple."""
+    torch.manual_seed(0)
+    fn = _op_fn(
+        provider, lambda w: ops.bjorck(w, BJORCK_ITERS), lambda w: ops.bjorck_reference(w, BJORCK_ITERS)
+    )
+    m, k = n if isinstance(n, tuple) else (n, None)
+    return _fwd_bwd(fn, _unit_spectral(m, k, device))
+
+
+def make_frobenius(provider: str, n: int, device: str) -> Callable[[], object]:
+    torch.manual_seed(0)
+    fn = _op_fn(provider, ops.frobenius_normalize, ops.frobenius_normalize_reference)
+    return _fwd_bwd(fn, torch.randn(n, n, device=device))
+
+
+def make_householder(provider: str, n: int, device: str) -> Callable[[], object]:
+    torch.manual_seed(0)
+    fn = _op_fn(
+        provider,
+        lambda v: ops.householder_product(v, n, n),
+        lambda v: ops.householder_product_reference(v, n, n),
+    )
+    return _fwd_bwd(fn, torch.randn(n, n, device=device))
+
+
+# Weight sets (smaller side first) of the whole-network cases, as (rows, cols) matrices.
+WEIGHT_SETS = {
+    "tiny": [(4, 9), (4, 36), (1, 16)],
+    "net-a": [(32, 9), (32, 288), (32, 288), (32, 288), (256, 1568), (1, 256)],
+    "net-b": [(32, 27)]
+    + [(32, 288)] * 2
+    + [(64, 288)]
+    + [(64, 576)] * 2
+    + [(128, 576)]
+    + [(128, 1152)] * 2
+    + [(10, 128)],
+}
+
+
+def make_bjorck_grouped(provider: str, name: str, device: str) -> Callable[[], object]:
+    torch.manual_seed(0)
+    ws = [_unit_spectral(m, n, device).requires_grad_(True) for m, n in WEIGHT_SETS[name]]
+    fn = _op_fn(
+        provider,
+        lambda ws: ops.bjorck_grouped(ws, BJORCK_ITERS),
+        lambda ws: ops.bjorck_grouped_reference(ws, BJORCK_ITERS),
+    )
+    gs = [torch.randn_like(w) for w in ws]
+
+    def call() -> tuple[Tensor, ...]:
+        outs = fn(ws)
+        grads = torch.autograd.grad(outs, ws, gs)
+        return (*[o.detach() for o in outs], *grads)
+
+    return call
+
+
+ACT_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "deel-torchlip", "relu", "relu-compiled"]
+
+
+def activation(kind: str) -> Callable[[str, tuple, str], Callable[[], object]]:
+    def make(provider: str, shape: tuple, device: str) -> Callable[[], object]:
+        torch.manual_seed(0)
+        x = torch.randn(*shape, device=device)
+        if provider.startswith("relu"):
+            fn = torch.relu
+        elif provider == "deel-torchlip":
+            from deel import torchlip
+
+            fn = torchlip.GroupSort2() if kind == "groupsort2" else torchlip.MaxMin()
+        elif provider == "torch-ref":
+            fn = (
+                (lambda t: ops.group_sort_reference(t, 2, 1))
+                if kind == "groupsort2"
+                else (lambda t: ops.max_min_reference(t, 1))
+            )
+        else:
+            fn = liptriton.GroupSort2() if kind == "groupsort2" else liptriton.MaxMin()
+        return _fwd_bwd(_compiled(fn, provider), x)
+
+    return make
+
+
+LOSS_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "deel-torchlip"]
+
+
+def make_hkr(provider: str, n: int, device: str) -> Callable[[], object]:
+    torch.manual_seed(0)
+    x = torch.randn(n, 1, device=device)
+    y = (torch.arange(n, device=device) % 2).float().unsqueeze(1) * 2 - 1
+    if provider == "deel-torchlip":
+        from deel import torchlip
+
+        fn = torchlip.HKRLoss(alpha=0.9, min_margin=1.0)
+    else:
+        fn = liptriton.HKRLoss(alpha=0.9, min_margin=1.0)
+    loss = _compiled(lambda t: fn(t, y), provider)
+    inner = _fwd_bwd(loss, x)
+
+    def call() -> object:
+        with P.provider_context(provider):
+            return inner()
+
+    return call
+
+
+def make_hkr_multiclass(provider: str, n: int, device: str) -> Callable[[], object]:
+    torch.manual_seed(0)
+    x = torch.randn(n, 10, device=device)
+    y = torch.nn.functional.one_hot(torch.arange(n, device=device) % 10, 10).float()
+    if provider == "deel-torchlip":
+        from deel import torchlip
+
+        fn = torchlip.HKRMulticlassLoss(alpha=0.9, min_margin=1.0)
+    else:
+        fn = liptriton.HKRMulticlassLoss(alpha=0.9, min_margin=1.0)
+    loss = _compiled(lambda t: fn(t, y), provider)
+    inner = _fwd_bwd(loss, x)
+
+    def call() -> object:
+        with P.provider_context(provider):
+            return inner()
+
+    return call
+
+
+def network(name: str, mode: str, dtype: str = "float32") -> Maker:
+    def make(provider: str, size: tuple[int, int, int], device: str) -> Callable[[], object]:
+        batch, image, width = size
+        maker = P.make_step if mode == "train-step" else P.make_eval
+        fn, net = maker(name, provider, batch, device=device, dtype=dtype, image=image, width=width)
+        fn.module = net  # the runner checks that every weight got a gradient
+        return fn
+
+    return make
