@@ -104,8 +104,9 @@ def test_conv_operator_bound_over_training(method, conv):
         plain = plain_conv(layer, layer.weight)
         norm = measure(plain)
         assert norm <= k * (1 + BOUND_SLACK), f"{method}: operator norm {norm} > k={k}"
-        if method == "spectral":
-            assert norm >= k * (1 - 1e-2), f"spectral: operator norm {norm} < 0.99 k"
+        if method == "spectral":  # the exact certificate reaches k; the frequency bound is looser at 9x8x7
+            floor = 1 - 1e-2 if layer.parametrizations.weight[0].conv.method == "dense" else 0.88
+            assert norm >= k * floor, f"spectral: operator norm {norm} < {floor} k"
 
 
 @pytest.mark.parametrize("make", [CONVS["conv2d-s1-p1"], CONVS["convT2d-s2"]], ids=["conv2d", "convT2d"])

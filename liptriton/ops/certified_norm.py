@@ -50,14 +50,20 @@ def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
             w = w - (qs @ (qs.mT @ w.unsqueeze(-1))).squeeze(-1)
         if j + 1 < k:
             beta = w.norm(dim=-1)
-            # Breakdown (the Krylov space is invariant, e.g. a degenerate spectrum): what is left is
-            # rounding noise, not orthogonal to the basis; stop with zero vectors instead.
+            # Breakdown (the Krylov space is invariant: a degenerate spectrum, or a warm vector with
+            # no component on the top eigenvectors): what is left is rounding noise. Restart with a
+            # fixed generic vector orthogonalized against the basis (beta 0: a new block of T), so
+            # that every direction, the top one included, enters the space again.
             scale = torch.stack(alphas, -1).abs().amax(-1)
             alive = beta > 1e-8 * scale
+            fresh = torch.cos(torch.arange(1, w.shape[-1] + 1, dtype=w.dtype, device=w.device) * (j + 1.6180339887))
+            fresh = fresh.expand_as(w)
+            for _ in range(2):
+                fresh = fresh - (qs @ (qs.mT @ fresh.unsqueeze(-1))).squeeze(-1)
+            fresh = F.normalize(fresh, dim=-1, eps=1e-300)
             beta = torch.where(alive, beta, torch.zeros_like(beta))
             betas.append(beta)
-            basis.append(torch.where(alive.unsqueeze(-1), w / beta.clamp_min(1e-300).unsqueeze(-1),
-                                     torch.zeros_like(w)))
+            basis.append(torch.where(alive.unsqueeze(-1), w / beta.clamp_min(1e-300).unsqueeze(-1), fresh))
     t = torch.diag_embed(torch.stack(alphas, -1))
     if betas:
         off = torch.diag_embed(torch.stack(betas, -1), offset=1)
@@ -105,7 +111,11 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         True
     """
     with torch.no_grad():
-        v = v.to(h.dtype)
+        # Keep a share of a fixed generic vector in the warm start: a top eigenvector the previous
+        # steps did not see (another group, another symmetry class overtaking the old top) then
+        # has a component the Krylov space can grow, instead of one that decayed to zero.
+        generic = torch.cos(torch.arange(1, h.shape[-1] + 1, dtype=h.dtype, device=h.device) * 1.6180339887)
+        v = F.normalize(v.to(h.dtype), dim=-1, eps=1e-300) + 0.1 * F.normalize(generic, dim=0)
         batch = h.shape[0]
         top = min(top, batch)
         if batch > top and steps > 0:

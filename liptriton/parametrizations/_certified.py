@@ -27,7 +27,7 @@ _MAX_DENSE_ENTRIES = 2**18
 class _Certified(nn.Module):
     """Shared logic: blocks -> Gram on the smaller side -> certificate -> divisor."""
 
-    DEFAULT_ITERS = 8  # Lanczos steps per training forward
+    DEFAULT_ITERS = 16  # Lanczos steps per training forward
 
     def _blocks(self, w: Tensor, index: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
