@@ -114,8 +114,11 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         # Keep a share of a fixed generic vector in the warm start: a top eigenvector the previous
         # steps did not see (another group, another symmetry class overtaking the old top) then
         # has a component the Krylov space can grow, instead of one that decayed to zero.
-        generic = torch.cos(torch.arange(1, h.shape[-1] + 1, dtype=h.dtype, device=h.device) * 1.6180339887)
-        v = F.normalize(v.to(h.dtype), dim=-1, eps=1e-300) + 0.1 * F.normalize(generic, dim=0)
+        # (Only when iterating: with steps=0 the given, converged vector is certified as it is.)
+        v = F.normalize(v.to(h.dtype), dim=-1, eps=1e-300)
+        if steps > 0:
+            generic = torch.cos(torch.arange(1, h.shape[-1] + 1, dtype=h.dtype, device=h.device) * 1.6180339887)
+            v = v + 0.1 * F.normalize(generic, dim=0)
         batch = h.shape[0]
         top = min(top, batch)
         if batch > top and steps > 0:
