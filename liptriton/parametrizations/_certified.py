@@ -66,8 +66,8 @@ class CertifiedMatrixNorm(_Certified):
 
     Args:
         batch_shape: (B, m, n).
-        n_iters: power steps per training forward on the Gram matrix (None: 2).
-        n_iters_init: power steps on fresh state.
+        n_iters: Lanczos steps per training forward on the Gram matrix (None: 16).
+        n_iters_init: Lanczos steps on fresh state.
         device: where the state lives.
     """
 
@@ -111,8 +111,8 @@ class CertifiedConvNorm(_Certified, ConvNormState):
         weight_shape: the layer's weight shape.
         in_channels: channels of the operator's input.
         input_size: spatial size to start with (default 16 per dimension, 8 in 3-D).
-        n_iters: power steps per training forward (None: 2).
-        n_iters_init: power steps on fresh state.
+        n_iters: Lanczos steps per training forward (None: 16).
+        n_iters_init: Lanczos steps on fresh state.
         device: where the state lives.
     """
 
@@ -131,11 +131,8 @@ class CertifiedConvNorm(_Certified, ConvNormState):
         size = self.input_size
         if self._plan is None or self._plan[0] != size or (
                 self._plan[1] is not None and self._plan[1].table.device != device):
-            c_in = self.x.shape[1]
-            out = self.spec.output_shape(torch.empty(self.weight_shape, device="meta"), size)
-            c_out = self.weight_shape[1] * self.spec.groups if self.spec.transposed else self.weight_shape[0]
-            entries = c_in * math.prod(size) * c_out * math.prod(out)
-            if entries <= _MAX_DENSE_ENTRIES:
+            in_dim, out_dim = self._dims()
+            if in_dim * out_dim <= _MAX_DENSE_ENTRIES:
                 self._plan = (size, None, 1.0)
             else:
                 plan = fourier_plan(self.spec, self.weight_shape, size, device)
@@ -147,11 +144,14 @@ class CertifiedConvNorm(_Certified, ConvNormState):
         plan, _ = self._ensure_plan(self.x.device)
         if plan is not None:
             return plan.groups * plan.frequencies, plan.size
+        return 1, min(self._dims())
+
+    def _dims(self) -> tuple[int, int]:
+        """Input and output dimensions of the operator at the tracked input size."""
         size = self.input_size
-        c_in = self.x.shape[1]
         c_out = self.weight_shape[1] * self.spec.groups if self.spec.transposed else self.weight_shape[0]
         out = self.spec.output_shape(torch.empty(self.weight_shape, device="meta"), size)
-        return 1, min(c_in * math.prod(size), c_out * math.prod(out))
+        return self.x.shape[1] * math.prod(size), c_out * math.prod(out)
 
     @property
     def gather(self) -> float:
