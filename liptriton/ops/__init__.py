@@ -1,6 +1,7 @@
 """Operations: one file each, a pure-torch reference and a Triton kernel dispatched by device."""
 
 from liptriton.ops.bjorck import bjorck, bjorck_coefficients, bjorck_reference, bjorck_vjp_reference
+from liptriton.ops.bjorck_gram import bjorck_gram, gram_pays
 from liptriton.ops.bjorck_grouped import bjorck_grouped, bjorck_grouped_reference
 from liptriton.ops.frobenius import frobenius_normalize, frobenius_normalize_reference
 from liptriton.ops.gram_bound import gram_spectral_bound
@@ -13,6 +14,7 @@ from liptriton.ops.power_iteration import power_iteration, power_iteration_refer
 __all__ = [
     "bjorck",
     "bjorck_coefficients",
+    "bjorck_gram",
     "bjorck_grouped",
     "bjorck_grouped_reference",
     "bjorck_reference",
@@ -20,6 +22,7 @@ __all__ = [
     "frobenius_normalize",
     "frobenius_normalize_reference",
     "full_sort",
+    "gram_pays",
     "gram_spectral_bound",
     "group_sort",
     "group_sort_reference",

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from liptriton.ops.bjorck import bjorck as bjorck_op
 from liptriton.ops.bjorck import bjorck_coefficients
+from liptriton.ops.bjorck_gram import bjorck_gram, gram_pays
 from liptriton.ops.gram_bound import gram_spectral_bound
 from liptriton.parametrizations._base import (
     LipschitzParametrization,
@@ -125,7 +126,9 @@ class Bjorck(LipschitzParametrization):
         guard = gram_spectral_bound(wb, 3) / (2.0 if self.order == 1 else 1.0)
         sigma = torch.maximum(sigma, guard.to(sigma.dtype))
         steps = self.n_iters_train if self.training else self.n_iters + self.eval_extra
-        q = bjorck_op(wb / sigma[:, None, None], steps, self.order, self.beta)
+        # a rectangular weight iterates in Gram space (m x m products; same polynomial, same bound)
+        iterate = bjorck_gram if gram_pays(wb.shape) else bjorck_op
+        q = iterate(wb / sigma[:, None, None], steps, self.order, self.beta)
         q = self.layout.from_batch(q)
         if self.layout.is_conv:
             return q / self.conv.norm(q, update=self.training) * self.k
