@@ -148,7 +148,9 @@ class LipschitzParametrization(nn.Module):
         self._owner: list[nn.Module] = []
 
     def lipschitz_bound(self) -> float:
-        """Return the guaranteed l2 Lipschitz constant of the operator the layer applies."""
+        """Return the l2 Lipschitz constant of the operator the layer applies: guaranteed at every
+        forward with ``bound="certified"`` (the default); with ``bound="estimate"`` only once the
+        power iteration has converged (eval, export), not during training."""
         return self.k
 
     def compute(self, w: Tensor) -> Tensor:  # pragma: no cover - abstract
