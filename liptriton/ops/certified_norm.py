@@ -31,6 +31,7 @@ __all__ = ["LEVELS", "certified_sigma", "certify_top_eigenvalue", "lanczos_top",
 # warm-started estimate is within about 1e-3.
 LEVELS = (1.0 + 1e-6, 1.0 + 1e-3, 1.0 + 3e-3, 1.0 + 1e-2, 1.0 + 3e-2, 1.0 + 1e-1)
 _MARGIN = 1e-9  # float64 rounding of the Gram product and of the Cholesky factorization
+_RETEST = 4  # matrices that failed the tightest level and are refined and tested at every level
 
 
 def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
@@ -82,7 +83,7 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
 
     Every matrix takes one power step, and the ``top`` ones with the largest estimates take
     ``steps`` Lanczos steps. Every matrix is tested at the tightest level (one batched Cholesky);
-    the ``top`` matrices that failed it (or else have the largest estimates) are refined by
+    the (at most 4) matrices that failed it (or else have the largest estimates) are refined by
     Lanczos again and tested at every level of the refined estimate; a matrix that passes no
     level it was tested at contributes its Frobenius norm (always ``>= lambda_max``).
 
@@ -137,22 +138,22 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         if refine:
             # Inverse iteration with the shift mu > lambda_max (where the factorization exists):
             # the top eigenvector's weight grows by (mu - lambda_2) / (mu - lambda_1) per step.
-            vi = torch.cholesky_solve(v.unsqueeze(-1), torch.where(ok[:, None, None], factor, eye)).squeeze(-1)
-            v = torch.where(ok[:, None], F.normalize(vi, dim=-1, eps=1e-300), v)
+            vi = torch.cholesky_solve(v.unsqueeze(-1), factor).squeeze(-1)  # garbage where it failed:
+            v = torch.where(ok[:, None], F.normalize(vi, dim=-1, eps=1e-300), v)  # ... not used there
         each = torch.where(ok, mu, fro)
         if len(levels) > 1:
             # The matrices that failed (their top eigenvalue was missed), then the largest estimates:
             # refine them and test them at every level of the refined estimate.
-            idx = (ritz + (~ok).to(ritz.dtype) * (ritz.max() + fro.max() + 1)).topk(top).indices
+            idx = (ritz + (~ok).to(ritz.dtype) * (ritz.max() + fro.max() + 1)).topk(min(top, _RETEST)).indices
             sub = h[idx]
             vs = lanczos_top(sub, v[idx], max(steps, 1))
             v = v.index_copy(0, idx, vs)
             lam = torch.maximum(ritz.max(), (vs * (sub @ vs.unsqueeze(-1)).squeeze(-1)).sum(-1).max())
-            best = fro[idx]
-            for c in reversed(levels):
-                mu_c = lam * (c * c) * (1 + _MARGIN) + 1e-300
-                passed = torch.linalg.cholesky_ex(mu_c * eye - sub).info == 0
-                best = torch.where(passed, torch.minimum(best, mu_c.expand_as(best)), best)
+            # every level at once: one batched factorization of (levels x retested) matrices
+            mus = lam * torch.tensor([c * c for c in levels], dtype=h.dtype, device=h.device) * (1 + _MARGIN) + 1e-300
+            passed = torch.linalg.cholesky_ex(mus[:, None, None, None] * eye - sub).info == 0  # (levels, n)
+            best = torch.where(passed, mus[:, None].expand_as(passed), fro[idx].expand_as(passed)).amin(0)
+            best = torch.minimum(best, fro[idx])
             each = each.scatter(0, idx, torch.where(ok[idx], each[idx], best))
         bound = each.max() * (1 + _MARGIN)
         if refine > 1:
