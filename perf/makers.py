@@ -164,44 +164,35 @@ def activation(kind: str) -> Callable[[str, tuple, str], Callable[[], object]]:
 LOSS_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "deel-torchlip"]
 
 
-def make_hkr(provider: str, n: int, device: str) -> Callable[[], object]:
-    torch.manual_seed(0)
-    x = torch.randn(n, 1, device=device)
-    y = (torch.arange(n, device=device) % 2).float().unsqueeze(1) * 2 - 1
+def _hkr_maker(provider: str, name: str, x: Tensor, y: Tensor) -> Callable[[], object]:
+    """Forward + backward of loss class ``name`` (HKRLoss, HKRMulticlassLoss) of the provider's library."""
     if provider == "deel-torchlip":
         from deel import torchlip
 
-        fn = torchlip.HKRLoss(alpha=0.9, min_margin=1.0)
+        fn = getattr(torchlip, name)(alpha=0.9, min_margin=1.0)
     else:
-        fn = liptriton.HKRLoss(alpha=0.9, min_margin=1.0)
-    loss = _compiled(lambda t: fn(t, y), provider)
-    inner = _fwd_bwd(loss, x)
+        fn = getattr(liptriton, name)(alpha=0.9, min_margin=1.0)
+    inner = _fwd_bwd(_compiled(lambda t: fn(t, y), provider), x)
 
     def call() -> object:
         with P.provider_context(provider):
             return inner()
 
     return call
+
+
+def make_hkr(provider: str, n: int, device: str) -> Callable[[], object]:
+    torch.manual_seed(0)
+    x = torch.randn(n, 1, device=device)
+    y = (torch.arange(n, device=device) % 2).float().unsqueeze(1) * 2 - 1
+    return _hkr_maker(provider, "HKRLoss", x, y)
 
 
 def make_hkr_multiclass(provider: str, n: int, device: str) -> Callable[[], object]:
     torch.manual_seed(0)
     x = torch.randn(n, 10, device=device)
     y = torch.nn.functional.one_hot(torch.arange(n, device=device) % 10, 10).float()
-    if provider == "deel-torchlip":
-        from deel import torchlip
-
-        fn = torchlip.HKRMulticlassLoss(alpha=0.9, min_margin=1.0)
-    else:
-        fn = liptriton.HKRMulticlassLoss(alpha=0.9, min_margin=1.0)
-    loss = _compiled(lambda t: fn(t, y), provider)
-    inner = _fwd_bwd(loss, x)
-
-    def call() -> object:
-        with P.provider_context(provider):
-            return inner()
-
-    return call
+    return _hkr_maker(provider, "HKRMulticlassLoss", x, y)
 
 
 def network(name: str, mode: str, dtype: str = "float32") -> Maker:
