@@ -9,7 +9,9 @@ input into ``prod(stride)`` phases makes ``C`` a stride-1 circular convolution o
 ``K(w) = sum_t W_t exp(-i <w, j(t)>)`` (Sedghi et al., 2019). A real kernel has
 ``K(-w) = conj K(w)``, so half of the frequencies suffice, and each complex ``K`` is carried as
 the real matrix ``[[Re K, -Im K], [Im K, Re K]]`` (same singular values, each twice): the blocks
-are one real matmul of the weight with a cosine/sine table, no FFT and no complex dtype.
+are one real matmul of the weight with a cosine/sine table, no FFT and no complex dtype in
+autograd. Only their Gram matrices, which the certificate factors under ``no_grad``, are complex
+(half the side of the real embedding).
 
 Circular padding of the kernel's extent with a stride that divides ``n`` *is* that circular
 convolution (the bound is exact). Other copying padding modes (reflect, replicate, symmetric)
@@ -195,7 +197,10 @@ def _complex_blocks(plan: FourierPlan, weight: Tensor, index: Tensor | None = No
 
 
 def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
-    """Return ``B^T B`` for the blocks ``B`` of :func:`fourier_blocks`, as large GEMMs.
+    """Return the complex Hermitian Gram matrices ``K^H K`` (or ``K K^H``) of the frequency
+    blocks, as large GEMMs: the real blocks ``B`` of :func:`fourier_blocks` are their real
+    embedding, ``B^T B = [[Re H, -Im H], [Im H, Re H]]`` (same eigenvalues, each twice; the
+    eigenvector ``[x; y]`` of the embedding is ``x + i y``), at half the side.
 
     ``K^H K = sum_{t,t'} W_t^T W_t' exp(i <w, j_t - j_t'>)``: the Gram of every tap pair (one
     GEMM), summed per lag (a second), then one GEMM with the lags' cos/sin tables gives every
@@ -204,10 +209,10 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
 
     Args:
         plan: from :func:`fourier_plan`.
-        weight: the convolution weight.
+        weight: the convolution weight (float64 for a certificate: the result is complex128).
 
     Returns:
-        Symmetric positive semi-definite matrices (groups * F, plan.size, plan.size).
+        Hermitian positive semi-definite matrices (groups * F, plan.size // 2, plan.size // 2).
     """
     co, ci = weight.shape[:2]
     g, phases = plan.groups, plan.phases
@@ -230,8 +235,7 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
         hr, hi = lags[0] @ cls, lags[1] @ cls  # (G, F, phases^2 * ci^2)
         hr, hi = (x.reshape(g, -1, phases, phases, ci, ci).permute(0, 1, 4, 2, 5, 3)
                   .reshape(g, -1, ci * phases, ci * phases) for x in (hr, hi))
-    hr, hi = hr.flatten(0, 1), hi.flatten(0, 1)
-    return torch.cat([torch.cat([hr, -hi], -1), torch.cat([hi, hr], -1)], -2)
+    return torch.complex(hr.flatten(0, 1), hi.flatten(0, 1))
 
 
 def fourier_blocks(plan: FourierPlan, weight: Tensor, index: Tensor | None = None) -> Tensor:

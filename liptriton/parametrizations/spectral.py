@@ -37,7 +37,7 @@ class Spectral(LipschitzParametrization):
     Args:
         layout: the weight's :class:`WeightLayout`.
         k: the Lipschitz constant to reach.
-        n_iters: iteration steps per training forward (None: 16 Lanczos steps with
+        n_iters: iteration steps per training forward (None: 8 Lanczos steps with
             ``bound="certified"``; 1 power step, a block step for a convolution, with "estimate").
         n_iters_init: power steps on fresh state.
         in_channels: input channels of the convolution operator (convolutions only).
@@ -81,7 +81,7 @@ def spectral(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_iters
             with a 2-D tensor ``name``.
         name: the tensor to constrain.
         k: the Lipschitz constant of the layer (> 0).
-        n_iters: iteration steps per training forward (>= 1; default 16 Lanczos steps on the
+        n_iters: iteration steps per training forward (>= 1; default 8 Lanczos steps on the
             Gram matrix with ``bound="certified"``; 1 power step with ``"estimate"``, for a
             convolution a block step of an 8-vector basis that follows swaps of its top
             singular vectors).
