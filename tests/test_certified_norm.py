@@ -56,6 +56,8 @@ GEOMETRIES = [
     lambda: nn.Conv3d(2, 3, 3, padding=1), lambda: nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
     lambda: nn.ConvTranspose1d(3, 2, 4, stride=2), lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
     lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), lambda: nn.Conv2d(3, 3, 1),
+    lambda: nn.Conv2d(3, 5, 1, stride=2), lambda: nn.Conv2d(3, 4, (1, 3), padding=(0, 1)),
+    lambda: nn.Conv2d(4, 3, 2, stride=2), lambda: nn.Conv1d(2, 3, 3, stride=3, padding=1),
 ]
 
 

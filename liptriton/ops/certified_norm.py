@@ -105,11 +105,11 @@ def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
 
 def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
                            levels: tuple[float, ...] = LEVELS, top: int = 16,
-                           refine: int = 1) -> tuple[Tensor, Tensor]:
+                           refine: int = 1, power: int = 1) -> tuple[Tensor, Tensor]:
     """Return a proven upper bound of ``max_i lambda_max(h_i)`` and the advanced vectors.
 
-    Every matrix takes one power step, and the ``top`` ones with the largest estimates take
-    ``steps`` Lanczos steps. Every matrix is tested at the tightest level (one batched Cholesky);
+    Every matrix takes ``power`` power steps, and the ``top`` ones with the largest estimates
+    take ``steps`` Lanczos steps. Every matrix is tested at the tightest level (one batched Cholesky);
     the (at most 4) matrices that failed it (or else have the largest estimates) are refined by
     Lanczos again and tested at every level of the refined estimate; a matrix that passes no
     level it was tested at contributes its Frobenius norm (a failing matrix beyond those 4: its
@@ -127,6 +127,8 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
             level passed) for the next call's warm start; 2 or more: converge, that many
             inverse-iteration steps shifted just above the proven bound, then certify again (the
             converged estimate passes at ``1 + 1e-6``: the bound is then reproducible).
+        power: power steps every matrix takes before the ``top`` are chosen (from a random
+            start, a few steps rank the matrices by their top eigenvalue rather than by trace).
 
     Returns:
         ``(bound, v)``: a 0-d float64 tensor ``>= max_i lambda_max(h_i)``, and the new unit
@@ -152,9 +154,11 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         top = min(top, batch)
         if batch > top and steps > 0:
             # every matrix takes one power step; Lanczos refines the ones that may hold the maximum
-            hv = _apply(h, v)
-            idx = _dot(v, hv).topk(top).indices
-            v = F.normalize(hv, dim=-1, eps=1e-300).index_copy(0, idx, lanczos_top(h[idx], v[idx], steps))
+            for _ in range(max(power, 1)):
+                hv = _apply(h, v)
+                v, prev = F.normalize(hv, dim=-1, eps=1e-300), v
+            idx = _dot(prev, hv).topk(top).indices
+            v = v.index_copy(0, idx, lanczos_top(h[idx], v[idx], steps))
         else:
             v = lanczos_top(h, v, steps)
         ritz = _dot(v, _apply(h, v)).clamp_min(0)  # (batch,)

@@ -112,6 +112,9 @@ def fourier_plan(spec: ConvSpec, weight_shape: tuple[int, ...], input_size: tupl
             gather = math.sqrt(float(counts.max()))
         grid = tuple(math.ceil((n + t) / s) * s for n, t, s in zip(input_size, totals, spec.stride))
     grid = tuple(g // s for g, s in zip(grid, spec.stride))  # after the polyphase split
+    # A dimension along which every tap lands in the same polyphase cell (a 1x1 kernel, or a
+    # kernel no wider than the stride) adds no frequency dependence: one frequency suffices.
+    grid = tuple(1 if d * (k - 1) < s else g for g, d, k, s in zip(grid, spec.dilation, kernel, spec.stride))
     # Tap t of dimension d reads input s * o + dil * t: phase r = (dil t) mod s, shift (dil t) div s.
     freqs = [torch.arange(g if i < nd - 1 else g // 2 + 1, dtype=torch.float64) for i, g in enumerate(grid)]
     taps = [torch.arange(k, dtype=torch.float64) * d for k, d in zip(kernel, spec.dilation)]
