@@ -227,8 +227,7 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
     else:  # input side: sum_o W[o, :, t]^T W[o, :, t']
         side = ci
         a = wt.permute(0, 3, 2, 1).reshape(g, taps * side, co // g)
-    gp = (a @ a.mT).reshape(g, taps, side, taps, side).permute(0, 1, 3, 2, 4).reshape(g, taps * taps, -1)
-    cls = plan.pairs.to(weight.dtype) @ gp  # (G, C, side^2)
+    cls = _lag_grams(a.reshape(g, taps, side, -1), plan.pairs.to(weight.dtype))  # (G, C, side^2)
     lags = plan.lags.to(weight.dtype)  # (2, F, C)
     if plan.wide:
         hr, hi = lags[0] @ cls, -(lags[1] @ cls)  # (G, F, side^2)
@@ -239,6 +238,27 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
         hr, hi = (x.reshape(g, -1, phases, phases, ci, ci).permute(0, 1, 4, 2, 5, 3)
                   .reshape(g, -1, ci * phases, ci * phases) for x in (hr, hi))
     return torch.complex(hr.flatten(0, 1), hi.flatten(0, 1))
+
+
+def _lag_grams(a: Tensor, pairs: Tensor) -> Tensor:
+    """``sum`` over the tap pairs of each class of ``a_t a_u^T``, from the pairs ``t <= u`` only
+    (``a_u a_t^T`` is the transpose): half the flops of the Gram of every pair.
+
+    Args:
+        a: (G, T, side, n) per-tap matrices.
+        pairs: (C, T * T) membership of pair ``(t, u)`` (column ``t T + u``) in each class.
+
+    Returns:
+        (G, C, side * side).
+    """
+    g, taps, side, _ = a.shape
+    upper = torch.cat([(a[:, t] @ a[:, t:].reshape(g, -1, a.shape[-1]).mT).reshape(g, side, taps - t, side)
+                       .permute(0, 2, 1, 3) for t in range(taps)], 1)  # (G, P, side, side): pairs t <= u
+    t, u = torch.triu_indices(taps, taps, device=pairs.device)
+    by_pair = pairs.reshape(-1, taps, taps)
+    direct = by_pair[:, t, u]  # (C, P): class of (t, u)
+    mirror = by_pair[:, u, t] * (t != u).to(pairs.dtype)  # class of (u, t), whose block is the transpose
+    return direct @ upper.flatten(2) + mirror @ upper.mT.flatten(2)
 
 
 def fourier_blocks(plan: FourierPlan, weight: Tensor, index: Tensor | None = None) -> Tensor:
