@@ -1,7 +1,12 @@
 """Operations: one file each, a pure-torch reference and a Triton kernel dispatched by device."""
 
 from liptriton.ops.bjorck import bjorck, bjorck_coefficients, bjorck_reference, bjorck_vjp_reference
-from liptriton.ops.bjorck_gram import bjorck_gram, gram_pays
+from liptriton.ops.bjorck_gram import (
+    bjorck_gram,
+    bjorck_gram_reference,
+    bjorck_gram_vjp_reference,
+    gram_pays,
+)
 from liptriton.ops.bjorck_grouped import bjorck_grouped, bjorck_grouped_reference
 from liptriton.ops.frobenius import frobenius_normalize, frobenius_normalize_reference
 from liptriton.ops.gram_bound import gram_spectral_bound
@@ -15,6 +20,8 @@ __all__ = [
     "bjorck",
     "bjorck_coefficients",
     "bjorck_gram",
+    "bjorck_gram_reference",
+    "bjorck_gram_vjp_reference",
     "bjorck_grouped",
     "bjorck_grouped_reference",
     "bjorck_reference",
