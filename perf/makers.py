@@ -19,7 +19,6 @@ __all__ = [
     "BJORCK_ITERS",
     "LOSS_PROVIDERS",
     "OP_PROVIDERS",
-    "WEIGHT_SETS",
     "Maker",
     "activation",
     "make_bjorck",
