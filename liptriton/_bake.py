@@ -82,15 +82,12 @@ def converge(p: LipschitzParametrization, w: Tensor, steps: int | None) -> None:
 
 
 def plainify(module: nn.Module) -> nn.Module:
-    """Replace liptriton layers by their plain export (``vanilla_export``), recursively."""
-    export = getattr(module, "vanilla_export", None)
-    if callable(export):
-        try:
-            new = export()
-        except NotImplementedError:
-            new = module
-        if isinstance(new, nn.Module) and new is not module:
-            return plainify(new)
+    """Replace modules by their plain form (:func:`liptriton.rules.plain_form`), recursively."""
+    from liptriton.rules import plain_form
+
+    new = plain_form(module)
+    if isinstance(new, nn.Module) and new is not module:
+        return plainify(new)
     for name, child in list(module.named_children()):
         if name == "parametrizations" and parametrize.is_parametrized(module):
             continue

@@ -1,7 +1,7 @@
 """certify(model, x): a proven upper bound and a measured lower bound of a model's l2 Lipschitz constant.
 
-The upper bound is propagated through the model's torch.fx graph from guaranteed per-node
-constants (see :mod:`liptriton._bounds`): dense layers by float64 SVD of the weight the layer
+The upper bound is propagated through the model's torch.fx graph (:mod:`liptriton._bounds`) from
+guaranteed per-node constants (modules by their rule in :mod:`liptriton.rules`): dense layers by float64 SVD of the weight the layer
 applies, convolutions by :func:`liptriton.ops.conv_bound.conv_norm_bound` at the input's size
 (exact for small operators, a circular-embedding bound otherwise), never by the layers' own
 power-iteration estimates; functions and methods by the rules of :mod:`liptriton._fn_rules`,

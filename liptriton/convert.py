@@ -29,9 +29,11 @@ import torch
 from torch import fx, nn
 
 from liptriton._bounds import TRACE_ERRORS, LeafTracer, propagate
+from liptriton._fold_batchnorm import fold_batchnorm
 from liptriton._origin import INSERTED, ORIGIN, record_origin
-from liptriton._rules import convert_module, fold_batchnorm
+from liptriton.bounds.activations import FUNCTION_CONSTANTS
 from liptriton.parametrizations import bjorck, frobenius, householder, spectral
+from liptriton.rules import convert_module, is_constrained
 
 __all__ = ["ConversionReport", "lipschitzify"]
 
@@ -93,10 +95,6 @@ def _check(k, method, strict, inplace, options) -> None:
             raise TypeError(f"lipschitzify: {name} must be a bool, got {type(value).__name__}")
 
 
-def _is_layer(mod: nn.Module) -> bool:
-    return isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd))
-
-
 def _depends(gm: fx.GraphModule) -> set[str]:
     """Names of the nodes whose value depends on the model's inputs."""
     depends: set[str] = set()
@@ -107,8 +105,8 @@ def _depends(gm: fx.GraphModule) -> set[str]:
 
 
 def _rewrite_residuals(gm: fx.GraphModule, report: ConversionReport) -> None:
-    from liptriton._rules import ConvexSum
     from liptriton.nn.containers import LipResidual
+    from liptriton.nn.inserted import ConvexSum
 
     depends = _depends(gm)
     count = 0
@@ -141,7 +139,7 @@ def _depth(gm: fx.GraphModule) -> int:
     depth: dict[str, int] = {}
     for node in gm.graph.nodes:
         d = max((depth[a.name] for a in node.all_input_nodes), default=0)
-        if node.op == "call_module" and _is_layer(gm.get_submodule(node.target)):
+        if node.op == "call_module" and is_constrained(gm.get_submodule(node.target)):
             d += 1
         depth[node.name] = d
     return max(max(depth.values(), default=1), 1)
@@ -232,7 +230,7 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
         report.block("<model>", f"torch.fx could not trace the model ({type(err).__name__}: {err}); converted "
                                 "module by module: functional operations in forward (residual additions, "
                                 "...) are not covered")
-        layers = [m for m in target.modules() if _is_layer(m)]
+        layers = [m for m in target.modules() if is_constrained(m)]
         ctx["layer_k"] = float(k) ** (1.0 / max(len(layers), 1))
         report.layer_k = ctx["layer_k"]
         _convert_untraced(target, report, ctx)
@@ -284,10 +282,10 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
 def _check_function(gm: fx.GraphModule, node: fx.Node, report: ConversionReport, activations: str,
                     depends: set[str]) -> None:
     """Report functions with no finite constant; scale functional activations above 1."""
-    from liptriton._bounds import _FN_CONST, _function_rule
+    from liptriton._bounds import _function_rule
 
-    if node.target in _FN_CONST and activations == "scale":
-        c = _FN_CONST[node.target]
+    if node.target in FUNCTION_CONSTANTS and activations == "scale":
+        c = FUNCTION_CONSTANTS[node.target]
         with gm.graph.inserting_after(node):
             scaled = gm.graph.call_function(operator.mul, (node, 1.0 / c))
         scaled.meta[INSERTED] = "activation scale"
