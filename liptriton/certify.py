@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
+from liptriton._bake import bake_in_place
 from liptriton._bounds import TRACE_ERRORS, LeafTracer, NodeBound, propagate
 from liptriton._certify_checks import check_finite, check_runs, check_sound, record_shapes
 from liptriton._lower import jacobian_lower_bound
@@ -92,20 +93,6 @@ class Certificate:
         return "\n".join(lines)
 
 
-def _bake(mod: nn.Module) -> None:
-    """Replace ``mod``'s parametrizations by the tensors they compute, without touching its class.
-
-    ``parametrize.remove_parametrizations`` deletes the property from the parametrized class,
-    which a deep copy shares with the original: the original would lose its weight. Here the
-    copy is switched to the plain base class instead.
-    """
-    values = {name: getattr(mod, name).detach().clone() for name in mod.parametrizations}
-    mod.__class__ = type(mod).__bases__[0]
-    del mod._modules["parametrizations"]
-    for name, value in values.items():
-        mod.register_parameter(name, nn.Parameter(value))
-
-
 def _baked_copy(model: nn.Module) -> nn.Module:
     """float64 eval-mode copy of ``model`` with every parametrization replaced by the weight it computes.
 
@@ -113,10 +100,9 @@ def _baked_copy(model: nn.Module) -> nn.Module:
     the copy is, so the certificate is about the weights the model uses in eval.
     """
     dup = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for mod in list(dup.modules()):
-            if parametrize.is_parametrized(mod):
-                _bake(mod)
+    for mod in list(dup.modules()):
+        if parametrize.is_parametrized(mod):
+            bake_in_place(mod)
     return dup.double()
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from liptriton._architecture import is_converted, user_architecture
-from liptriton._bake import converge, drop_stale_hooks, observe, own_classes, plainify
+from liptriton._bake import bake_in_place, drop_stale_hooks, observe, plainify
 from liptriton._files import (
     EXPORT_FORMAT,
     FORMAT_VERSION,
@@ -53,7 +53,6 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
     baked = copy.deepcopy(model)
     modes = {name: m.training for name, m in baked.named_modules()}
     baked.eval()
-    own_classes(baked)
     drop_stale_hooks(baked)
     if example_input is not None:
         observe(baked, example_input)
@@ -64,11 +63,12 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
                 continue
             for name, plist in module.parametrizations.items():
                 x = plist.original if plist.is_tensor else None
-                entry = {"name": f"{path}.{name}" if path else name, "module": type(module).__mro__[1].__name__,
+                entry = {"name": f"{path}.{name}" if path else name,
+                         "module": parametrize.type_before_parametrizations(module).__name__,
                          "constraints": [], "k": None, "bound": None}
                 for p in plist:
                     if x is not None and isinstance(p, LipschitzParametrization):
-                        converge(p, x, power_iters)
+                        p.converge(x, power_iters)
                     entry["constraints"].append(type(p).__name__)
                     if isinstance(p, LipschitzParametrization):
                         entry["k"], entry["bound"] = p.k, p.lipschitz_bound()
@@ -90,8 +90,7 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
     baked = plainify(baked)
     for m in list(baked.modules()):  # what has no plain counterpart keeps its class, weights baked
         if parametrize.is_parametrized(m):
-            for name in list(m.parametrizations.keys()):
-                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+            bake_in_place(m)
     for name, m in baked.named_modules():  # each module back in its mode (plain modules: no side effect)
         m.training = modes.get(name, model.training)
     state = baked.state_dict()

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from liptriton.nn.scaling import ScaledLipschitzModule, SharedLipFactory
-from liptriton.parametrizations import Frobenius, LipschitzParametrization
+from liptriton.parametrizations import LipschitzParametrization
 
 __all__ = ["LipResidual", "LipschitzModule", "Sequential", "check_coefficient", "vanilla_model"]
 
@@ -101,12 +101,8 @@ class LipschitzModule(ScaledLipschitzModule):
         deel-torchlip multiplies the weight by the factor once, at construction; here the factor
         is the ``k`` of the parametrizations, so changing it later takes effect.
         """
-        k = self._k_coef_lip
         for p in self._lipschitz_parametrizations():
-            if isinstance(p, Frobenius):
-                p.scale = p.scale * (k / p.k)
-            p.k = k
-            p._cache = None
+            p.set_k(self._k_coef_lip)
 
     def lipschitz_bound(self) -> float:
         """The layer's guaranteed l2 Lipschitz constant (from its parametrizations, else the factor)."""

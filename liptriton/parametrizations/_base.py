@@ -193,16 +193,40 @@ class LipschitzParametrization(nn.Module):
             self._cache_key = None  # training changes the parameters: recompute in the next eval
         return self
 
-    def converge(self) -> None:
-        """Converge the power-iteration state on the current weight and cache the eval weight.
+    def invalidate(self) -> None:
+        """Forget the cached eval weight (after a change the version counter cannot see, e.g. of ``k``
+        or of the iteration state loaded from a file)."""
+        self._cache, self._cache_key = None, None
 
-        No gradient; the state is updated in place. Called when the model switches to eval.
+    def set_k(self, k: float) -> None:
+        """Make the layer ``k``-Lipschitz from now on (the next forward uses the new ``k``)."""
+        self.k = k
+        self.invalidate()
+
+    def converge(self, w: Tensor | None = None, steps: int | None = None) -> None:
+        """Converge the iteration state on the weight and cache the eval weight (no gradient).
+
+        The one convergence of a parametrization: called when the model switches to eval (``w``
+        None: the layer's own parameter; a convolution that saw no input yet converges at its
+        first forward instead), and by export (``w`` given: the input of this parametrization,
+        converged even at a convolution's default input size; ``steps`` power steps, default
+        each state's ``n_iters_init``).
+
+        Args:
+            w: the tensor this parametrization receives (None: the registered original).
+            steps: power steps from the current state (None: ``n_iters_init``).
         """
-        original = getattr(self._owner[0], "original", None) if self._owner else None
+        explicit = w is not None
+        if w is None:
+            w = getattr(self._owner[0], "original", None) if self._owner else None
         conv = getattr(self, "conv", None)
-        if original is None or torch.compiler.is_compiling() or (conv is not None and not conv.observed):
-            return  # (a convolution that saw no input yet converges at its first forward)
-        self._store(original, self.converge_states(original))
+        if w is None or torch.compiler.is_compiling() or (not explicit and conv is not None and not conv.observed):
+            return
+        self._store(w, self._converged(w, steps))
+
+    def _converged(self, w: Tensor, steps: int | None) -> Tensor:
+        """The eval weight computed with converged states (subclasses add their own eval choices)."""
+        return self.converge_states(w, steps)
 
     def converge_states(self, original: Tensor, steps: int | None = None) -> Tensor:
         """Run ``steps`` (default: each state's ``n_iters_init``) power steps on the weight and
@@ -271,7 +295,7 @@ def _observe_input(name: str, module: nn.Module, args: tuple) -> None:
             size = conv.input_size
             conv.observe(args[0])
             if conv.input_size != size and isinstance(p, LipschitzParametrization):
-                p._cache_key = None  # the eval weight was normalized at another input size
+                p.invalidate()  # the eval weight was normalized at another input size
 
 
 def initialize(model: nn.Module, *example_inputs: Tensor) -> nn.Module:

@@ -55,6 +55,11 @@ class Frobenius(LipschitzParametrization):
         self.scale = k / math.sqrt(conv_overlap(layout))
         self.transposed = bool(layout.spec is not None and layout.spec.transposed)
 
+    def set_k(self, k: float) -> None:
+        """Make the layer ``k``-Lipschitz from now on (the scale follows ``k``)."""
+        self.scale = self.scale * (k / self.k)
+        super().set_k(k)
+
     def lipschitz_bound(self) -> float:
         """The layer's bound: ``k``, or ``k * sqrt(outputs)`` for disjoint neurons (each is k)."""
         if not self.disjoint_neurons:
