@@ -222,8 +222,8 @@ def test_gpu_real_sizes(shape, n_iters):
     w, g = _normalized(shape, device="cuda"), torch.randn(*shape, device="cuda")
     y, dw = _run(w, g, n_iters, 1)
     y_ref, dw_ref = _reference_and_grad(w, g, n_iters, 1)
-    assert_close(y, y_ref, dtype="tf32", iterative=True)
-    assert_close(dw, dw_ref, dtype="tf32", iterative=True)
+    assert_close(y, y_ref, dtype="gpu", iterative=True)
+    assert_close(dw, dw_ref, dtype="gpu", iterative=True)
 
 
 @pytest.mark.gpu
@@ -238,5 +238,5 @@ def test_gpu_grouped_resnet_weights():
     dws = torch.autograd.grad(ys, leaves, gs)
     for w, g, y, dw in zip(ws, gs, ys, dws):
         y_ref, dw_ref = _reference_and_grad(w, g, 12, 1)
-        assert_close(y.detach(), y_ref, dtype="tf32", iterative=True)
-        assert_close(dw, dw_ref, dtype="tf32", iterative=True)
+        assert_close(y.detach(), y_ref, dtype="gpu", iterative=True)
+        assert_close(dw, dw_ref, dtype="gpu", iterative=True)

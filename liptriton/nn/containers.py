@@ -105,7 +105,9 @@ class LipschitzModule(ScaledLipschitzModule):
             p.set_k(self._k_coef_lip)
 
     def lipschitz_bound(self) -> float:
-        """The layer's guaranteed l2 Lipschitz constant (from its parametrizations, else the factor)."""
+        """The layer's l2 Lipschitz constant: the product of its parametrizations' bounds (see
+        :meth:`~liptriton.parametrizations.LipschitzParametrization.lipschitz_bound` for when it is
+        guaranteed), else the factor."""
         ps = self._lipschitz_parametrizations()
         return math.prod(p.lipschitz_bound() for p in ps) if ps else self._k_coef_lip
 

@@ -8,7 +8,7 @@ from liptriton.ops.gram_bound import gram_spectral_bound
 from liptriton.ops.group_sort import full_sort, group_sort, group_sort_reference
 from liptriton.ops.householder import householder_product, householder_product_reference
 from liptriton.ops.max_min import max_min, max_min_reference
-from liptriton.ops.multiclass_hinge import multiclass_hkr, multiclass_hkr_reference
+from liptriton.ops.multiclass_hkr import multiclass_hkr, multiclass_hkr_reference
 from liptriton.ops.power_iteration import power_iteration, power_iteration_reference, spectral_sigma
 
 __all__ = [

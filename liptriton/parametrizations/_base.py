@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +18,7 @@ from liptriton.parametrizations._state import ConvNormState, MatrixNormState
 __all__ = [
     "LipschitzParametrization", "WeightLayout", "ConvNormState", "MatrixNormState", "CertifiedConvNorm",
     "CertifiedMatrixNorm", "register", "initialize", "check_positive", "check_iters", "check_bound",
-    "make_conv_state", "make_matrix_state",
+    "make_conv_state", "make_matrix_state", "renamed",
 ]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -37,6 +39,37 @@ def check_iters(owner: str, arg: str, value: int | None, optional: bool = False)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{owner}: {arg} must be an integer >= 1, got {value!r}")
     return value
+
+
+def renamed(owner: str, deprecated: dict[str, Any], renames: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """Map deprecated keyword arguments to their new names, with a DeprecationWarning each.
+
+    Args:
+        owner: the function, for messages.
+        deprecated: the keyword arguments not in the signature (``**deprecated``).
+        renames: ``{old name: new name}``.
+        values: the new names' values as passed; updated with the deprecated ones.
+
+    Returns:
+        ``values``.
+
+    Raises:
+        TypeError: an argument that is neither in the signature nor a deprecated name; both the
+            old and the new name given.
+
+    Examples:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True):
+        ...     renamed("f", {"n_iters": 3}, {"n_iters": "power_iters"}, {"power_iters": None})
+        {'power_iters': 3}
+    """
+    for old, value in deprecated.items():
+        if old not in renames:
+            raise TypeError(f"{owner}: unexpected keyword argument {old!r}")
+        new = renames[old]
+        warnings.warn(f"{owner}: {old} is deprecated, use {new} (same meaning)", DeprecationWarning, stacklevel=3)
+        values[new] = value
+    return values
 
 
 def check_bound(owner: str, bound: str) -> str:
@@ -148,9 +181,14 @@ class LipschitzParametrization(nn.Module):
         self._owner: list[nn.Module] = []
 
     def lipschitz_bound(self) -> float:
-        """Return the l2 Lipschitz constant of the operator the layer applies: guaranteed at every
-        forward with ``bound="certified"`` (the default); with ``bound="estimate"`` only once the
-        power iteration has converged (eval, export), not during training."""
+        """Return the l2 Lipschitz constant of the operator the layer applies (``k``).
+
+        It is an upper bound at every forward, in training too, with the default
+        ``bound="certified"`` and for the constraints without an estimate (Frobenius, a dense
+        Björck or Householder weight). With ``bound="estimate"`` (Spectral; the convolution
+        operator of Björck and Householder) the divisor is a power-iteration estimate from
+        below: the bound holds once it has converged (eval mode, export), not during training.
+        """
         return self.k
 
     def compute(self, w: Tensor) -> Tensor:  # pragma: no cover - abstract

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from liptriton.bounds.pooling import window_overlap
-from liptriton.nn.activations import _KCoef
+from liptriton.nn.activations import _FactorInForward
 from liptriton.nn.containers import LipResidual, LipschitzModule, Sequential
 from liptriton.nn.inserted import ConvexSum, Scaled, ScaledAdaptivePool
 from liptriton.nn.normalization import BatchLipNorm, LayerCentering, ScaleBiasLayer
@@ -80,7 +80,7 @@ LIPTRITON_RULES: dict[type, ModuleRule] = {
     LipschitzModule: ModuleRule(constant=_own_bound, convert=_keep, plain=_vanilla, leaf=_no_children),
     ScaledLipschitzModule: ModuleRule(convert=_keep, plain=_vanilla),
     Sequential: ModuleRule(leaf=False),
-    _KCoef: ModuleRule(constant=lambda m, s, n: (float(m.k_coef_lip), "k_coef_lip"), homogeneous=True,
+    _FactorInForward: ModuleRule(constant=lambda m, s, n: (float(m.k_coef_lip), "k_coef_lip"), homogeneous=True,
                        plain=_vanilla, **_LEAF),
     LipResidual: ModuleRule(**_LEAF),  # a convex combination: propagate and export read convex_weights()
     ConvexSum: ModuleRule(**_LEAF),
