@@ -32,12 +32,11 @@ from liptriton._bounds import TRACE_ERRORS, LeafTracer, propagate
 from liptriton._fold_batchnorm import fold_batchnorm
 from liptriton._origin import INSERTED, ORIGIN, record_origin
 from liptriton.bounds.activations import FUNCTION_CONSTANTS
-from liptriton.parametrizations import bjorck, frobenius, householder, spectral
+from liptriton.parametrizations import METHODS
 from liptriton.rules import convert_module, is_constrained
 
 __all__ = ["ConversionReport", "lipschitzify"]
 
-_METHODS = {"bjorck": bjorck, "spectral": spectral, "frobenius": frobenius, "householder": householder}
 _CHOICES = {"batchnorm": ("fold", "remove", "error"), "pooling": ("scaled", "l2", "keep"),
             "activations": ("scale", "groupsort", "keep"), "maxpool": ("scale", "keep"),
             "dropout": ("keep", "remove"), "residual": ("convex", "keep")}
@@ -85,8 +84,8 @@ class ConversionReport:
 def _check(k, method, strict, inplace, options) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
         raise ValueError(f"lipschitzify: k must be a finite number > 0, got {k!r}")
-    if method not in _METHODS:
-        raise ValueError(f"lipschitzify: method must be one of {tuple(_METHODS)}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"lipschitzify: method must be one of {tuple(METHODS)}, got {method!r}")
     for name, value in options.items():
         if value not in _CHOICES[name]:
             raise ValueError(f"lipschitzify: {name} must be one of {_CHOICES[name]}, got {value!r}")
@@ -178,7 +177,8 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
     Args:
         model: the model (any nn.Linear / nn.ConvNd / nn.ConvTransposeNd architecture).
         k: the Lipschitz constant of the whole model (> 0).
-        method: "bjorck", "spectral", "frobenius" (whole-matrix norm) or "householder".
+        method: "bjorck", "spectral", "frobenius" (whole-matrix norm), "householder" or "aol"
+            (any name of :data:`liptriton.parametrizations.METHODS`).
         strict: raise a ValueError listing what prevents a guarantee (else warn).
         inplace: constrain the model's own layers instead of a deep copy. The rewritten
             graph (residuals, output scale) lives in the returned module: always use it.
@@ -223,7 +223,7 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
     origin = record_origin(model)
     target = model if inplace else copy.deepcopy(model)
     report = ConversionReport()
-    ctx = {**options, "method": _METHODS[method], "method_kwargs": method_kwargs, "layer_k": float(k)}
+    ctx = {**options, "method": METHODS[method], "method_kwargs": method_kwargs, "layer_k": float(k)}
     try:
         gm = fx.GraphModule(target, LeafTracer().trace(target))
     except TRACE_ERRORS as err:  # tracing runs user code: a failure means module-by-module conversion
