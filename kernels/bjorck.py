@@ -5,9 +5,6 @@ Paths (``min(m, n)`` is the side of the Gram):
 * fused (``min(m, n) <= fused_max_small``, default :data:`FUSED_MAX_SMALL` = 64): one program
   per matrix runs all ``n_iters`` steps (kernels/bjorck_fused.py); any ``max(m, n)``, streamed
   in column chunks. Batched (B, m, n): B programs.
-* grouped: matrices of different shapes, packed end to end in one flat buffer with a table
-  (offset, S, L, stride_s, stride_l) per matrix, orthogonalized by the same fused kernel in
-  one launch (one program per matrix). Every matrix must fit the fused path.
 * tiled (``min(m, n) > fused_max_small``): tiled matmuls with the update in the epilogue
   (kernels/bjorck_tiled.py), two launches per order-1 step.
 
@@ -24,8 +21,7 @@ from torch.library import wrap_triton
 from liptriton.kernels.bjorck_fused import _bjorck_fused_bwd_kernel, _bjorck_fused_fwd_kernel
 from liptriton.kernels.bjorck_tiled import bjorck_tiled_backward, bjorck_tiled_forward
 
-__all__ = ["FUSED_MAX_SMALL", "bjorck_forward", "bjorck_backward", "bjorck_grouped_forward",
-           "bjorck_grouped_backward", "fused_fits"]
+__all__ = ["FUSED_MAX_SMALL", "bjorck_backward", "bjorck_forward", "fused_fits"]
 
 #: Largest Gram side (min(m, n)) of the one-program-per-matrix kernels. Compiled for sm_90 the
 #: fused backward at 64 takes 90-100 KiB of shared memory and 15-50 s to compile (ieee dots);
@@ -82,8 +78,8 @@ def bjorck_forward(w: torch.Tensor, n_iters: int, coeffs: tuple[float, ...], *,
     y = torch.empty((b, m, n), device=w.device, dtype=torch.float32)
     s, ln, stride_s, stride_l = _layout(m, n)
     wrap_triton(_bjorck_fused_fwd_kernel)[(b,)](
-        w, y, w, s, ln, m * n, stride_s, stride_l, int(n_iters), *_coeffs5(coeffs),
-        ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision, **_blocks(s, ln, w.device))
+        w, y, s, ln, m * n, stride_s, stride_l, int(n_iters), *_coeffs5(coeffs),
+        ORDER=len(coeffs) - 1, PRECISION=precision, **_blocks(s, ln, w.device))
     return y
 
 
@@ -100,60 +96,7 @@ def bjorck_backward(w: torch.Tensor, grad: torch.Tensor, n_iters: int, coeffs: t
     scratch = torch.empty((n_iters, b, m, n), device=w.device, dtype=torch.float32)
     s, ln, stride_s, stride_l = _layout(m, n)
     wrap_triton(_bjorck_fused_bwd_kernel)[(b,)](
-        w, grad, dx, scratch, w, s, ln, m * n, stride_s, stride_l, int(n_iters), b * m * n,
-        *_coeffs5(coeffs), ORDER=len(coeffs) - 1, GROUPED=False, PRECISION=precision,
+        w, grad, dx, scratch, s, ln, m * n, stride_s, stride_l, int(n_iters), b * m * n,
+        *_coeffs5(coeffs), ORDER=len(coeffs) - 1, PRECISION=precision,
         **_blocks(s, ln, w.device))
-    return dx
-
-
-def _table(shapes: list[tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, int, int, int]:
-    """Per-matrix rows (offset, S, L, stride_s, stride_l), total numel, max S, max L."""
-    rows, off, s_max, l_max = [], 0, 1, 1
-    for m, n in shapes:
-        s, ln, stride_s, stride_l = _layout(m, n)
-        rows.append((off, s, ln, stride_s, stride_l))
-        off += m * n
-        s_max, l_max = max(s_max, s), max(l_max, ln)
-    return torch.tensor(rows, dtype=torch.int64, device=device), off, s_max, l_max
-
-
-def _check_group(flat: torch.Tensor, shapes: list[tuple[int, int]], n_iters: int) -> None:
-    if flat.dim() != 1 or not flat.is_floating_point():
-        raise ValueError(f"bjorck grouped kernels: expected a floating 1-D packed buffer, got "
-                         f"{tuple(flat.shape)}")
-    if sum(m * n for m, n in shapes) != flat.numel():
-        raise ValueError(f"bjorck grouped kernels: shapes {shapes} do not add up to {flat.numel()} elements")
-    if n_iters < 1:
-        raise ValueError(f"bjorck grouped kernels: n_iters must be >= 1, got {n_iters}")
-
-
-def bjorck_grouped_forward(flat: torch.Tensor, shapes: list[tuple[int, int]], n_iters: int,
-                           coeffs: tuple[float, ...], *, precision: str = "ieee") -> torch.Tensor:
-    """Björck of many matrices of different shapes in ONE launch (one program per matrix).
-
-    ``flat`` holds the row-major matrices end to end (shapes[i] = (m_i, n_i)); returns the
-    packed float32 result in the same layout.
-    """
-    _check_group(flat, shapes, n_iters)
-    flat = flat.contiguous()
-    table, _, s_max, l_max = _table(shapes, flat.device)
-    y = torch.empty(flat.shape, device=flat.device, dtype=torch.float32)
-    wrap_triton(_bjorck_fused_fwd_kernel)[(len(shapes),)](
-        flat, y, table, 0, 0, 0, 0, 0, int(n_iters), *_coeffs5(coeffs),
-        ORDER=len(coeffs) - 1, GROUPED=True, PRECISION=precision, **_blocks(s_max, l_max, flat.device))
-    return y
-
-
-def bjorck_grouped_backward(flat: torch.Tensor, grad: torch.Tensor, shapes: list[tuple[int, int]],
-                            n_iters: int, coeffs: tuple[float, ...], *,
-                            precision: str = "ieee") -> torch.Tensor:
-    """Gradient of :func:`bjorck_grouped_forward` w.r.t. the packed ``flat``, one launch."""
-    _check_group(flat, shapes, n_iters)
-    flat, grad = flat.contiguous(), grad.contiguous()
-    table, total, s_max, l_max = _table(shapes, flat.device)
-    dx = torch.empty(flat.shape, device=flat.device, dtype=torch.float32)
-    scratch = torch.empty((n_iters, total), device=flat.device, dtype=torch.float32)
-    wrap_triton(_bjorck_fused_bwd_kernel)[(len(shapes),)](
-        flat, grad, dx, scratch, table, 0, 0, 0, 0, 0, int(n_iters), total, *_coeffs5(coeffs),
-        ORDER=len(coeffs) - 1, GROUPED=True, PRECISION=precision, **_blocks(s_max, l_max, flat.device))
     return dx

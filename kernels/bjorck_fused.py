@@ -93,21 +93,6 @@ def _apply(p_x, p_y, b_p, S, L, sx_s, sx_l, sy_s, sy_l, BLOCK_S: tl.constexpr, B
 
 
 @triton.jit
-def _matrix(i_b, p_meta, S, L, stride_b, stride_s, stride_l, GROUPED: tl.constexpr):
-    """Offset, sizes and strides (wide orientation) of matrix i_b: from the table or uniform."""
-    if GROUPED:
-        p_row = p_meta + i_b * 5
-        off = tl.load(p_row)
-        S = tl.load(p_row + 1).to(tl.int32)
-        L = tl.load(p_row + 2).to(tl.int32)
-        stride_s = tl.load(p_row + 3)
-        stride_l = tl.load(p_row + 4)
-    else:
-        off = i_b.to(tl.int64) * stride_b
-    return off, S, L, stride_s, stride_l
-
-
-@triton.jit
 def _copy(p_src, p_dst, S, L, stride_s, stride_l, BLOCK_S: tl.constexpr, BLOCK_L: tl.constexpr):
     """dst <- float32(src), same layout."""
     o_s = tl.arange(0, BLOCK_S)
@@ -130,11 +115,10 @@ def _step(p_x, p_y, S, L, stride_s, stride_l, c0, c1, c2, c3, c4, ORDER: tl.cons
 
 
 @triton.jit
-def _bjorck_fused_fwd_kernel(p_w, p_y, p_meta, S, L, stride_b, stride_s, stride_l, n_iters,
-                             c0, c1, c2, c3, c4, ORDER: tl.constexpr, GROUPED: tl.constexpr,
+def _bjorck_fused_fwd_kernel(p_w, p_y, S, L, stride_b, stride_s, stride_l, n_iters,
+                             c0, c1, c2, c3, c4, ORDER: tl.constexpr,
                              BLOCK_S: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr):
-    i_b = tl.program_id(0)
-    off, S, L, stride_s, stride_l = _matrix(i_b, p_meta, S, L, stride_b, stride_s, stride_l, GROUPED)
+    off = tl.program_id(0).to(tl.int64) * stride_b
     p_y = p_y + off
     # the float32 iterate lives in Y; one copy of W first keeps a single (in-place) step in the code
     _copy(p_w + off, p_y, S, L, stride_s, stride_l, BLOCK_S, BLOCK_L)
@@ -184,12 +168,10 @@ def _bwd_step(p_x, p_d, S, L, stride_s, stride_l, c0, c1, c2, c3, c4, ORDER: tl.
 
 
 @triton.jit
-def _bjorck_fused_bwd_kernel(p_w, p_gy, p_dx, p_scratch, p_meta, S, L, stride_b, stride_s, stride_l,
+def _bjorck_fused_bwd_kernel(p_w, p_gy, p_dx, p_scratch, S, L, stride_b, stride_s, stride_l,
                              n_iters, scratch_stride, c0, c1, c2, c3, c4, ORDER: tl.constexpr,
-                             GROUPED: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_L: tl.constexpr,
-                             PRECISION: tl.constexpr):
-    i_b = tl.program_id(0)
-    off, S, L, stride_s, stride_l = _matrix(i_b, p_meta, S, L, stride_b, stride_s, stride_l, GROUPED)
+                             BLOCK_S: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr):
+    off = tl.program_id(0).to(tl.int64) * stride_b
     p_dx = p_dx + off
     # scratch slot t (0 <= t < n_iters) holds the iterate X_t, in the layout of W; pointers are
     # advanced one slot at a time (64-bit, no int32 product)

@@ -23,7 +23,6 @@ from perf.makers import (
     Maker,
     activation,
     make_bjorck,
-    make_bjorck_grouped,
     make_frobenius,
     make_hkr,
     make_hkr_multiclass,
@@ -181,15 +180,6 @@ CASES: list[Case] = [
         make_parametrization,
         reference=None,
         check=parametrization_bounded,
-    ),
-    Case(
-        "bjorck_grouped",
-        "op",
-        "fwd+bwd",
-        _widths(["tiny"], ["net-a"], ["net-a", "net-b"], ["net-a", "net-b"]),
-        OP_PROVIDERS,
-        "torch-ref",
-        make_bjorck_grouped,
     ),
     Case(
         "groupsort2", "activation", "fwd+bwd", _ACT_SHAPES, ACT_PROVIDERS, "relu", activation("groupsort2")

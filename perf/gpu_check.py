@@ -94,7 +94,6 @@ class Step:
 PLAN: list[Step] = [
     Step("copy", (1 << 28,), None, 15),
     Step("matmul", (4096, 8192), None, 20),
-    Step("bjorck_grouped", ("net-b", "net-a"), ("liptriton", "torch-ref", "torch-ref-compiled"), 60),
     Step(
         "bjorck",
         (64, (64, 576), 256, (256, 1568), 4096),

@@ -19,11 +19,9 @@ __all__ = [
     "BJORCK_ITERS",
     "LOSS_PROVIDERS",
     "OP_PROVIDERS",
-    "WEIGHT_SETS",
     "Maker",
     "activation",
     "make_bjorck",
-    "make_bjorck_grouped",
     "make_frobenius",
     "make_hkr",
     "make_hkr_multiclass",
@@ -81,12 +79,14 @@ BJORCK_ITERS = 15  # Björck steps of the op cases (the flop count of the GPU su
 
 
 def make_bjorck(provider: str, n: int | tuple[int, int], device: str) -> Callable[[], object]:
-    """Björck forward + backward of an n x n weight, or of an (m, n) one when ``n`` is a tuple."""
+    """Björck forward + backward of an n x n weight, or of an (m, n) one when ``n`` is a tuple.
+
+    liptriton: what the library runs for such a weight (Gram space where :func:`ops.gram_pays`);
+    torch-ref: the direct iteration :func:`ops.bjorck_reference`."""
     torch.manual_seed(0)
-    fn = _op_fn(
-        provider, lambda w: ops.bjorck(w, BJORCK_ITERS), lambda w: ops.bjorck_reference(w, BJORCK_ITERS)
-    )
     m, k = n if isinstance(n, tuple) else (n, None)
+    op = ops.bjorck_gram if ops.gram_pays((m, k or m)) else ops.bjorck
+    fn = _op_fn(provider, lambda w: op(w, BJORCK_ITERS), lambda w: ops.bjorck_reference(w, BJORCK_ITERS))
     return _fwd_bwd(fn, _unit_spectral(m, k, device))
 
 
@@ -153,38 +153,6 @@ def parametrization_bounded(provider: str, size: int | tuple[int, int, int], dev
     else:
         norm = float(torch.linalg.matrix_norm(w, 2))
     return norm <= 1 + 1e-4
-
-
-# Weight sets (smaller side first) of the whole-network cases, as (rows, cols) matrices.
-WEIGHT_SETS = {
-    "tiny": [(4, 9), (4, 36), (1, 16)],
-    "net-a": [(32, 9), (32, 288), (32, 288), (32, 288), (256, 1568), (1, 256)],
-    "net-b": [(32, 27)]
-    + [(32, 288)] * 2
-    + [(64, 288)]
-    + [(64, 576)] * 2
-    + [(128, 576)]
-    + [(128, 1152)] * 2
-    + [(10, 128)],
-}
-
-
-def make_bjorck_grouped(provider: str, name: str, device: str) -> Callable[[], object]:
-    torch.manual_seed(0)
-    ws = [_unit_spectral(m, n, device).requires_grad_(True) for m, n in WEIGHT_SETS[name]]
-    fn = _op_fn(
-        provider,
-        lambda ws: ops.bjorck_grouped(ws, BJORCK_ITERS),
-        lambda ws: ops.bjorck_grouped_reference(ws, BJORCK_ITERS),
-    )
-    gs = [torch.randn_like(w) for w in ws]
-
-    def call() -> tuple[Tensor, ...]:
-        outs = fn(ws)
-        grads = torch.autograd.grad(outs, ws, gs)
-        return (*[o.detach() for o in outs], *grads)
-
-    return call
 
 
 ACT_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "deel-torchlip", "relu", "relu-compiled"]

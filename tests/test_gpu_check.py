@@ -130,9 +130,8 @@ def _row(case: str, provider: str, shape: str, ms: float, correct: bool = True) 
 
 def test_targets_read_a_cuda_run():
     rows = [
-        _row("bjorck_grouped", "liptriton", "net-b", 1.0),
-        _row("bjorck_grouped", "torch-ref", "net-b", 3.5),
-        _row("bjorck_grouped", "torch-ref-compiled", "net-b", 1.2),
+        _row("bjorck", "liptriton", "(256, 1568)", 1.0),
+        _row("bjorck", "torch-ref", "(256, 1568)", 2.5),
         _row("copy", "torch", str(1 << 28), 1.0),  # 2^31 bytes in 1 ms
         _row("groupsort2", "liptriton", "(256, 256, 32, 32)", 1.0),  # 4 passes: 2^30 bytes in 1 ms
         _row("net_b_bf16", "unconstrained-compiled", "(256, 32, 32)", 10.0),
@@ -140,8 +139,7 @@ def test_targets_read_a_cuda_run():
         _row("net_b_bf16", "deel-torchlip", "(256, 32, 32)", 30.0, correct=False),
     ]
     lines = "\n".join(targets(rows))
-    assert "torch-ref / liptriton: 3.5  (target >= 3.0) MET" in lines
-    assert "torch-ref-compiled / liptriton: 1.2  (target >= 1.5) MISSED" in lines
+    assert "Björck (256, 1568) fwd+bwd, torch-ref (direct) / liptriton: 2.5  (target >= 3.0) MISSED" in lines
     assert "groupsort2 (256, 256, 32, 32) fwd+bwd, fraction of copy bandwidth (4-pass floor): 0.5  " in lines
     assert "maxmin None" not in lines and "maxmin (no row)" in lines
     assert "net_b_bf16 step, liptriton-compiled / unconstrained-compiled: 1.1  (target <= 1.2) MET" in lines

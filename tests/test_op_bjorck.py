@@ -1,4 +1,4 @@
-"""Björck op: reference math, fused / grouped / tiled Triton kernels (interpreter on CPU), opcheck."""
+"""Björck op: reference math, fused / tiled Triton kernels (interpreter on CPU), opcheck."""
 
 from __future__ import annotations
 
@@ -127,42 +127,6 @@ def test_tiled_launcher_threshold_argument(interpret, nan_empty):
     assert_close(tiled, bjorck_reference(w.double(), 3, 3), iterative=True)
 
 
-# ----------------------------------------------------------------------------- grouped launch
-
-
-def test_grouped_mixed_shapes(interpret, nan_empty, monkeypatch):
-    monkeypatch.setattr(kb, "FUSED_MAX_SMALL", 16)  # (20, 24) goes through the tiled path
-    shapes = [(1, 1), (7, 1), (1, 7), (7, 127), (127, 7), (2, 5, 9), (16, 16), (20, 24)]
-    ws = [_normalized(s) for s in shapes]
-    gs = [torch.randn(*s) for s in shapes]
-    leaves = [w.clone().requires_grad_() for w in ws]
-    ys = ops.bjorck_grouped(leaves, n_iters=N_ITERS, order=2)
-    dws = torch.autograd.grad(ys, leaves, gs)
-    for w, g, y, dw in zip(ws, gs, ys, dws):
-        y_ref, dw_ref = _reference_and_grad(w, g, N_ITERS, 2)
-        assert y.shape == w.shape and y.dtype == w.dtype
-        assert_close(y.detach(), y_ref, iterative=True)
-        assert_close(dw, dw_ref, iterative=True)
-
-
-def test_grouped_single_launch(interpret, monkeypatch):
-    grouped_module = sys.modules["liptriton.ops.bjorck_grouped"]
-    launches = []
-    real = grouped_module.bjorck_grouped_forward
-    monkeypatch.setattr(grouped_module, "bjorck_grouped_forward",
-                        lambda *a, **k: launches.append(1) or real(*a, **k))
-    monkeypatch.setattr(sys.modules["liptriton.ops.bjorck"], "_kernel_forward", None)  # no per-matrix launch
-    ys = ops.bjorck_grouped([_normalized((4, 9)), _normalized((9, 4)), _normalized((2, 3, 3))], n_iters=2)
-    assert len(launches) == 1 and [y.shape for y in ys] == [(4, 9), (9, 4), (2, 3, 3)]
-
-
-def test_grouped_reference_path_and_empty():
-    ws = [_normalized((4, 6)), _normalized((6, 4))]
-    for y, w in zip(ops.bjorck_grouped(ws, 5), ws):
-        assert_close(y, bjorck_reference(w, 5))
-    assert ops.bjorck_grouped([], 5) == []
-
-
 # ----------------------------------------------------------------------------- properties
 
 
@@ -184,15 +148,7 @@ def test_opcheck_bjorck():
                           (w.detach(), torch.randn(6, 10), 2, 2, 0.5))
 
 
-def test_opcheck_bjorck_grouped():
-    flat = torch.randn(4 * 6 + 5 * 3).mul(0.1).requires_grad_()
-    torch.library.opcheck(torch.ops.liptriton.bjorck_grouped.default, (flat, [4, 6, 5, 3], 2, 1, 0.5))
-    torch.library.opcheck(torch.ops.liptriton.bjorck_grouped_backward.default,
-                          (flat.detach(), torch.randn(39), [4, 6, 5, 3], 2, 1, 0.5))
-
-
-@pytest.mark.parametrize("fn", [ops.bjorck, lambda w, *a, **k: ops.bjorck_grouped([w], *a, **k)],
-                         ids=["bjorck", "bjorck_grouped"])
+@pytest.mark.parametrize("fn", [ops.bjorck, ops.bjorck_gram], ids=["bjorck", "bjorck_gram"])
 def test_bad_input(fn):
     with pytest.raises(ValueError, match="n_iters"):
         fn(torch.randn(3, 4), n_iters=0)
@@ -204,11 +160,6 @@ def test_bad_input(fn):
         fn(torch.randn(3, 4), n_iters=3, order=5)
     with pytest.raises(ValueError, match="beta"):
         fn(torch.randn(3, 4), n_iters=3, beta=0.7)
-
-
-def test_bad_group():
-    with pytest.raises(TypeError, match="list"):
-        ops.bjorck_grouped(torch.randn(3, 4), 3)
 
 
 # ----------------------------------------------------------------------------- GPU, real sizes
@@ -224,19 +175,3 @@ def test_gpu_real_sizes(shape, n_iters):
     y_ref, dw_ref = _reference_and_grad(w, g, n_iters, 1)
     assert_close(y, y_ref, dtype="gpu", iterative=True)
     assert_close(dw, dw_ref, dtype="gpu", iterative=True)
-
-
-@pytest.mark.gpu
-def test_gpu_grouped_resnet_weights():
-    # reshaped conv kernels and the head of a ResNet-18, plus its 512-channel convs (tiled)
-    shapes = [(64, 27), (64, 576), (64, 576), (128, 576), (128, 1152), (128, 64), (256, 1152), (256, 2304),
-              (256, 128), (512, 2304), (512, 4608), (512, 256), (10, 512)]
-    ws = [_normalized(s, device="cuda") for s in shapes]
-    gs = [torch.randn(*s, device="cuda") for s in shapes]
-    leaves = [w.clone().requires_grad_() for w in ws]
-    ys = ops.bjorck_grouped(leaves, n_iters=12)
-    dws = torch.autograd.grad(ys, leaves, gs)
-    for w, g, y, dw in zip(ws, gs, ys, dws):
-        y_ref, dw_ref = _reference_and_grad(w, g, 12, 1)
-        assert_close(y.detach(), y_ref, dtype="gpu", iterative=True)
-        assert_close(dw, dw_ref, dtype="gpu", iterative=True)

@@ -1,8 +1,12 @@
 """Operations: one file each, a pure-torch reference and a Triton kernel dispatched by device."""
 
 from liptriton.ops.bjorck import bjorck, bjorck_coefficients, bjorck_reference, bjorck_vjp_reference
-from liptriton.ops.bjorck_gram import bjorck_gram, gram_pays
-from liptriton.ops.bjorck_grouped import bjorck_grouped, bjorck_grouped_reference
+from liptriton.ops.bjorck_gram import (
+    bjorck_gram,
+    bjorck_gram_reference,
+    bjorck_gram_vjp_reference,
+    gram_pays,
+)
 from liptriton.ops.frobenius import frobenius_normalize, frobenius_normalize_reference
 from liptriton.ops.gram_bound import gram_spectral_bound
 from liptriton.ops.group_sort import full_sort, group_sort, group_sort_reference
@@ -15,8 +19,8 @@ __all__ = [
     "bjorck",
     "bjorck_coefficients",
     "bjorck_gram",
-    "bjorck_grouped",
-    "bjorck_grouped_reference",
+    "bjorck_gram_reference",
+    "bjorck_gram_vjp_reference",
     "bjorck_reference",
     "bjorck_vjp_reference",
     "frobenius_normalize",

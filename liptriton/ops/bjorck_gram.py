@@ -11,7 +11,9 @@ of the weight's size per chunk. Measured (CPU, float32, forward + backward): 256
 3.0x faster than the direct iteration, 15 steps 4.1x; 64 x 576 2.3x; 32 x 288 1.4x; square 128
 x 128 0.93x (no gain: it is not used there). Same polynomial,
 so the same bound: every singular value is ``f^k(s) <= 1``. Plain matmuls (cuBLAS / oneDNN on
-small matrices): no Triton kernel. Used by :class:`~liptriton.parametrizations.Bjorck` where the
+small matrices) on the torch path; on CUDA the Triton path (kernels/bjorck_gram.py: tiled
+products for the Gram and the application, the S x S steps of a chunk in one program per matrix
+for S <= 64) with a recomputing backward (only ``w`` is saved). Used by :class:`~liptriton.parametrizations.Bjorck` where the
 weight is rectangular enough to gain (see :func:`gram_pays`).
 """
 
@@ -20,9 +22,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from liptriton.ops._dispatch import HAS_TRITON, float32_compute, kernel_runnable, use_triton
 from liptriton.ops.bjorck import _check, bjorck_coefficients
 
-__all__ = ["bjorck_gram", "gram_pays"]
+__all__ = ["bjorck_gram", "bjorck_gram_reference", "bjorck_gram_vjp_reference", "gram_pays"]
 
 
 def gram_pays(shape: tuple[int, ...]) -> bool:
@@ -34,6 +37,9 @@ def gram_pays(shape: tuple[int, ...]) -> bool:
 
 def bjorck_gram(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5, restart: int = 5) -> Tensor:
     """Björck orthonormalization of ``w`` computed in Gram space (same result as ``bjorck``).
+
+    Dispatches to the Triton path on CUDA (and on CPU under the interpreter switch), to
+    :func:`bjorck_gram_reference` (differentiated by autograd) elsewhere.
 
     Args:
         w: matrices of shape (..., m, n) with ``||w||_2 <= 1`` (any orientation).
@@ -56,25 +62,157 @@ def bjorck_gram(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5,
         >>> torch.allclose(bjorck_gram(w, 10), bjorck_reference(w, 10))
         True
     """
+    _check_all(w, n_iters, restart)
+    if use_triton(w):
+        return torch.ops.liptriton.bjorck_gram(w, n_iters, order, float(beta), restart)
+    return bjorck_gram_reference(w, n_iters, order, beta, restart)
+
+
+def _check_all(w: Tensor, n_iters: int, restart: int) -> None:
     _check(w, n_iters)
     if not isinstance(restart, int) or restart < 1:
         raise ValueError(f"bjorck_gram: restart must be an integer >= 1, got {restart!r}")
+
+
+def _steps(g0: Tensor, steps: int, coeffs: tuple[float, ...], eye: Tensor) -> Tensor:
+    """P after ``steps`` Gram-space steps from G0 (P_0 = I, P <- q(sym(P G0 P^T)) P)."""
+    p = eye.expand_as(g0)
+    for _ in range(steps):
+        g = p @ g0 @ p.mT
+        g = 0.5 * (g + g.mT)  # symmetric up to rounding: keep it so
+        p = _poly(g, coeffs, 0, eye) @ p
+    return p
+
+
+def _poly(g: Tensor, coeffs: tuple[float, ...], first: int, eye: Tensor) -> Tensor:
+    """Q_first = sum_{i >= first} c_i g^(i - first) (Horner)."""
+    q = coeffs[-1] * eye.expand_as(g)
+    for c in reversed(coeffs[first:-1]):
+        q = g @ q + c * eye
+    return q
+
+
+def bjorck_gram_reference(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5,
+                          restart: int = 5) -> Tensor:
+    """Pure-torch Gram-space Björck (the definition of correct for its Triton path; autograd).
+
+    Args:
+        w: matrices (..., m, n) with ``||w||_2 <= 1``.
+        n_iters: Björck steps (>= 1).
+        order: polynomial order, 1 to 4.
+        beta: the order-1 step size.
+        restart: steps per Gram chunk.
+
+    Returns:
+        The iterate after ``n_iters`` steps, shape and dtype of ``w`` (float32 compute for half).
+
+    Examples:
+        >>> w = torch.randn(4, 12, dtype=torch.float64)
+        >>> q = bjorck_gram_reference(w / torch.linalg.matrix_norm(w, 2), 30)
+        >>> torch.allclose(q @ q.mT, torch.eye(4, dtype=torch.float64), atol=1e-6)
+        True
+    """
+    _check_all(w, n_iters, restart)
     coeffs = bjorck_coefficients(order, beta)
     wide = w.shape[-2] <= w.shape[-1]
-    x = w if wide else w.mT
-    eye = torch.eye(x.shape[-2], dtype=w.dtype, device=w.device)
-    done = 0
-    while done < n_iters:
-        steps = min(restart, n_iters - done)
-        g0 = x @ x.mT
-        p = eye.expand_as(g0)
+    x = float32_compute(w if wide else w.mT)
+    eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
+    for done in range(0, n_iters, restart):
+        x = _steps(x @ x.mT, min(restart, n_iters - done), coeffs, eye) @ x  # restart from the iterate
+    return (x if wide else x.mT).to(w.dtype)
+
+
+def bjorck_gram_vjp_reference(w: Tensor, grad: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5,
+                              restart: int = 5) -> Tensor:
+    """Pure-torch gradient of :func:`bjorck_gram_reference` w.r.t. ``w``, recomputing the iterates.
+
+    The formula the kernels implement (kernels/bjorck_gram.py): per chunk ``Y = P X``,
+    ``dP = dY X^T``, ``dG0`` by walking the S x S steps back, ``dX = P^T dY + (dG0 + dG0^T) X``.
+
+    Args:
+        w: the forward's input (..., m, n).
+        grad: gradient w.r.t. the forward's output, same shape.
+        n_iters, order, beta, restart: as in the forward.
+
+    Returns:
+        The gradient w.r.t. ``w``, shape and dtype of ``w``.
+
+    Examples:
+        >>> w = torch.randn(3, 7, dtype=torch.float64) / 5
+        >>> g = torch.randn(3, 7, dtype=torch.float64)
+        >>> wr = w.clone().requires_grad_()
+        >>> (bjorck_gram_reference(wr, 4) * g).sum().backward()
+        >>> torch.allclose(bjorck_gram_vjp_reference(w, g, 4), wr.grad)
+        True
+    """
+    _check_all(w, n_iters, restart)
+    coeffs = bjorck_coefficients(order, beta)
+    wide = w.shape[-2] <= w.shape[-1]
+    x = float32_compute(w if wide else w.mT)
+    dy = grad.to(x.dtype) if wide else grad.to(x.dtype).mT
+    eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
+    saved = []
+    for done in range(0, n_iters, restart):
+        steps, g0 = min(restart, n_iters - done), x @ x.mT
+        ps = [eye.expand_as(g0)]
         for _ in range(steps):
+            g = ps[-1] @ g0 @ ps[-1].mT
+            ps.append(_poly(0.5 * (g + g.mT), coeffs, 0, eye) @ ps[-1])
+        saved.append((x, g0, ps))
+        x = ps[-1] @ x
+    for x, g0, ps in reversed(saved):
+        dp, dg0 = dy @ x.mT, torch.zeros_like(g0)
+        dy = ps[-1].mT @ dy
+        for p in reversed(ps[:-1]):
             g = p @ g0 @ p.mT
-            g = 0.5 * (g + g.mT)  # symmetric up to rounding: keep it so
-            poly = coeffs[-1] * g
-            for c in reversed(coeffs[1:-1]):  # Horner: c_1 g + c_2 g^2 + ... = g (c_1 + g (c_2 + ...))
-                poly = (poly + c * eye) @ g
-            p = (poly + coeffs[0] * eye) @ p
-        x = p @ x  # restart from the iterate itself: P's rounding grows with its norm
-        done += steps
-    return x if wide else x.mT
+            g = 0.5 * (g + g.mT)
+            dk = dp @ p.mT  # dq
+            dp = _poly(g, coeffs, 0, eye).mT @ dp
+            dg = dk @ _poly(g, coeffs, 1, eye).mT
+            for k in range(1, len(coeffs) - 1):
+                dk = g @ dk
+                dg = dg + dk @ _poly(g, coeffs, k + 1, eye).mT
+            dgs_p = 0.5 * (dg + dg.mT) @ p
+            dp = dp + dgs_p @ (g0 + g0.mT)
+            dg0 = dg0 + p.mT @ dgs_p
+        dy = dy + (dg0 + dg0.mT) @ x
+    return (dy if wide else dy.mT).to(w.dtype)
+
+
+if HAS_TRITON:
+    from liptriton.kernels.bjorck_gram import bjorck_gram_backward as _kernel_backward
+    from liptriton.kernels.bjorck_gram import bjorck_gram_forward as _kernel_forward
+
+    def _takes_kernel(w: Tensor) -> bool:
+        return kernel_runnable(w) and w.dtype != torch.float64 and w.numel() > 0
+
+    @torch.library.triton_op("liptriton::bjorck_gram", mutates_args=())
+    def _bjorck_gram_op(w: Tensor, n_iters: int, order: int, beta: float, restart: int) -> Tensor:
+        """Triton path of :func:`bjorck_gram` (autograd registered; the backward recomputes)."""
+        if not _takes_kernel(w):
+            return bjorck_gram_reference(w, n_iters, order, beta, restart)
+        m, n = w.shape[-2:]
+        y = _kernel_forward(w.reshape(-1, m, n), n_iters, bjorck_coefficients(order, beta), restart)
+        return y.reshape(w.shape).to(w.dtype)
+
+    @torch.library.triton_op("liptriton::bjorck_gram_backward", mutates_args=())
+    def _bjorck_gram_backward_op(w: Tensor, grad: Tensor, n_iters: int, order: int, beta: float,
+                                 restart: int) -> Tensor:
+        """Gradient of ``liptriton::bjorck_gram`` w.r.t. w: recomputes the chunks from w."""
+        if not _takes_kernel(w):
+            return bjorck_gram_vjp_reference(w, grad, n_iters, order, beta, restart)
+        m, n = w.shape[-2:]
+        dx = _kernel_backward(w.reshape(-1, m, n), grad.reshape(-1, m, n), n_iters,
+                              bjorck_coefficients(order, beta), restart)
+        return dx.reshape(w.shape).to(w.dtype)
+
+    def _setup_context(ctx, inputs, output) -> None:
+        w, n_iters, order, beta, restart = inputs
+        ctx.save_for_backward(w)  # only W0: the backward recomputes the chunks
+        ctx.args = (n_iters, order, beta, restart)
+
+    def _backward(ctx, grad: Tensor):
+        (w,) = ctx.saved_tensors
+        return torch.ops.liptriton.bjorck_gram_backward(w, grad, *ctx.args), None, None, None, None
+
+    torch.library.register_autograd("liptriton::bjorck_gram", _backward, setup_context=_setup_context)
