@@ -2,7 +2,7 @@
 
 The upper bound is propagated through the model's torch.fx graph (:mod:`liptriton._bounds`) from
 guaranteed per-node constants (modules by their rule in :mod:`liptriton.rules`): dense layers by float64 SVD of the weight the layer
-applies, convolutions by :func:`liptriton.ops.conv_bound.conv_norm_bound` at the input's size
+applies, convolutions by :func:`liptriton.bounds.conv_bound.conv_norm_bound` at the input's size
 (exact for small operators, a circular-embedding bound otherwise), never by the layers' own
 power-iteration estimates; functions and methods by the rules of :mod:`liptriton._fn_rules`,
 each accounting for every input that can change its value (discontinuous, random and unknown

@@ -34,7 +34,7 @@ from liptriton._files import (
     versions,
     write,
 )
-from liptriton.ops.conv_operator import conv_operator_norm
+from liptriton.bounds.conv_operator import conv_operator_norm
 from liptriton.parametrizations._base import (
     ConvNormState,
     LipschitzParametrization,

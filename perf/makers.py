@@ -143,8 +143,8 @@ def make_parametrization(provider: str, size: int | tuple[int, int, int], device
 def parametrization_bounded(provider: str, size: int | tuple[int, int, int], device: str) -> bool:
     """The correctness check of the parametrization case: the weight's norm (float64 SVD of the
     dense weight; conv_norm_bound of the operator) is at most 1 (1 + 1e-4)."""
-    from liptriton.ops.conv_bound import conv_norm_bound
-    from liptriton.ops.conv_operator import ConvSpec
+    from liptriton.bounds.conv_bound import conv_norm_bound
+    from liptriton.bounds.conv_operator import ConvSpec
 
     layer = _constrained_layer(provider, size, device)
     w = layer.weight.detach().double().cpu()

@@ -11,8 +11,8 @@ from torch import nn
 
 import liptriton
 from liptriton.bounds.activations import ACTIVATION_CONSTANTS
-from liptriton.ops.conv_bound import conv_norm_bound, conv_operator_matrix
-from liptriton.ops.conv_operator import ConvSpec
+from liptriton.bounds.conv_bound import conv_norm_bound, conv_operator_matrix
+from liptriton.bounds.conv_operator import ConvSpec
 from tests._tolerances import BOUND_SLACK, tol
 
 CONVS = {

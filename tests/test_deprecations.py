@@ -48,3 +48,20 @@ def test_multiclass_hinge_module_is_multiclass_hkr():
     target = torch.nn.functional.one_hot(torch.tensor([0, 1, 3]), 4).float()
     args = (target, torch.ones(4), torch.ones(4), 0.5)
     torch.testing.assert_close(old.multiclass_hkr(x, *args), liptriton.ops.multiclass_hkr(x, *args))
+
+
+@pytest.mark.parametrize("name", ["certified_norm", "conv_bound", "conv_fourier", "conv_operator", "conv_reads",
+                                  "gram_bound"])
+def test_bounds_moved_out_of_ops(name):
+    new = importlib.import_module(f"liptriton.bounds.{name}")
+    sys.modules.pop(f"liptriton.ops.{name}", None)
+    with pytest.warns(DeprecationWarning, match=f"import liptriton.bounds.{name}"):
+        old = importlib.import_module(f"liptriton.ops.{name}")
+    assert new.__all__ and all(getattr(old, n) is getattr(new, n) for n in new.__all__)
+
+
+def test_ops_gram_spectral_bound_alias():
+    from liptriton.bounds.gram_bound import gram_spectral_bound
+
+    with pytest.warns(DeprecationWarning, match="liptriton.bounds.gram_bound.gram_spectral_bound"):
+        assert liptriton.ops.gram_spectral_bound is gram_spectral_bound

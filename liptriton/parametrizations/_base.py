@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from liptriton.ops.conv_operator import ConvSpec
+from liptriton.bounds.conv_operator import ConvSpec
 from liptriton.parametrizations._certified import BOUNDS, CertifiedConvNorm, CertifiedMatrixNorm
 from liptriton.parametrizations._state import ConvNormState, MatrixNormState
 

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from liptriton.ops.conv_operator import ConvSpec, conv_operator_norm, conv_subspace_iteration
+from liptriton.bounds.conv_operator import ConvSpec, conv_operator_norm, conv_subspace_iteration
 from liptriton.ops.power_iteration import power_iteration, spectral_sigma
 
 __all__ = ["ConvNormState", "MatrixNormState"]

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from liptriton.ops.bjorck import bjorck as bjorck_op
 from liptriton.ops.bjorck import bjorck_coefficients
 from liptriton.ops.bjorck_gram import bjorck_gram, gram_pays
-from liptriton.ops.gram_bound import gram_spectral_bound
+from liptriton.bounds.gram_bound import gram_spectral_bound
 from liptriton.parametrizations._base import (
     LipschitzParametrization,
     MatrixNormState,

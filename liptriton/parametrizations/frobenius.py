@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor, nn
 
-from liptriton.ops.conv_reads import max_reads
+from liptriton.bounds.conv_reads import max_reads
 from liptriton.ops.frobenius import frobenius_normalize
 from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout, check_positive, register
 
@@ -20,7 +20,7 @@ def conv_overlap(layout: WeightLayout) -> int:
     element appears at most ``overlap`` times in the unfolded (im2col) input. Per dimension,
     taps ``t`` reaching one input position differ by multiples of ``s / gcd(s, d)``. Padding
     modes that copy input elements (reflect, replicate, circular, symmetric) add the reads of
-    the copies (:func:`liptriton.ops.conv_reads.max_reads`, over every input size).
+    the copies (:func:`liptriton.bounds.conv_reads.max_reads`, over every input size).
     """
     if layout.spec is None:
         return 1

@@ -30,7 +30,7 @@ class Spectral(LipschitzParametrization):
     ``bound="certified"`` (default): the divisor is proven ``>=`` the norm at every forward, in
     training too, whatever the optimizer does: warm-started power iteration on the Gram matrix
     (of the weight, of the operator's matrix for small convolutions, or of its frequency blocks,
-    see :mod:`liptriton.ops.conv_fourier`) estimates it from below, and a Cholesky factorization
+    see :mod:`liptriton.bounds.conv_fourier`) estimates it from below, and a Cholesky factorization
     proves the estimate times ``1 + 1e-3`` (else ``1.02``, else a looser Gram-iteration bound)
     is above every singular value. ``bound="estimate"``: torch's semantics, the power-iteration
     estimate alone (from below: an optimizer that outruns it makes the layer exceed ``k``).

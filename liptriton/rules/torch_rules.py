@@ -50,8 +50,8 @@ def _dense(mod, shape, nominal):
 
 
 def _conv(mod, shape, nominal):
-    from liptriton.ops.conv_bound import conv_norm_bound
-    from liptriton.ops.conv_operator import ConvSpec
+    from liptriton.bounds.conv_bound import conv_norm_bound
+    from liptriton.bounds.conv_operator import ConvSpec
 
     if shape is None:
         return _INF, "input size unknown"
