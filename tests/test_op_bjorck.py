@@ -145,7 +145,7 @@ def test_opcheck_bjorck():
     w = _normalized((6, 10)).requires_grad_()
     torch.library.opcheck(torch.ops.liptriton.bjorck.default, (w, 2, 2, 0.5))
     torch.library.opcheck(torch.ops.liptriton.bjorck_backward.default,
-                          (w.detach(), torch.randn(6, 10), 2, 2, 0.5))
+                          (torch.randn(6, 10), w.detach(), 2, 2, 0.5))
 
 
 @pytest.mark.parametrize("fn", [ops.bjorck, ops.bjorck_gram], ids=["bjorck", "bjorck_gram"])

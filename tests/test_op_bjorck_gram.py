@@ -162,7 +162,7 @@ def test_opcheck_bjorck_gram():
     w = _unit((6, 20), 2).float().requires_grad_(True)
     torch.library.opcheck(torch.ops.liptriton.bjorck_gram.default, (w, 3, 2, 0.5, 2))
     torch.library.opcheck(torch.ops.liptriton.bjorck_gram_backward.default,
-                          (w.detach(), torch.randn(6, 20), 3, 2, 0.5, 2))
+                          (torch.randn(6, 20), w.detach(), 3, 2, 0.5, 2))
 
 
 @pytest.mark.gpu

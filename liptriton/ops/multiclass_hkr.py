@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from liptriton.ops._dispatch import HAS_TRITON, float32_compute, kernel_runnable, use_triton
+from liptriton.ops._dispatch import HAS_TRITON, float32_compute, use_triton
+from liptriton.ops._register import register_triton_op
 
 __all__ = ["multiclass_hkr", "multiclass_hkr_reference"]
 
@@ -101,19 +102,17 @@ def _reference_with_grad(input: Tensor, target: Tensor, kr_pos: Tensor, kr_neg: 
 
 
 if HAS_TRITON:
-    from torch.library import register_autograd, triton_op
-
-    @triton_op("liptriton::multiclass_hkr", mutates_args=())
-    def _multiclass_hkr_op(input: Tensor, target: Tensor, kr_pos: Tensor, kr_neg: Tensor, alpha: float,
-                           min_margin: float, pos_weight: float, kr_from_target: bool,
-                           need_grad: bool) -> tuple[Tensor, Tensor]:
-        if not kernel_runnable(input):
-            return _reference_with_grad(input, target, kr_pos, kr_neg, alpha, min_margin, pos_weight,
-                                        kr_from_target, need_grad)
+    def _multiclass_hkr_forward(input: Tensor, target: Tensor, kr_pos: Tensor, kr_neg: Tensor, alpha: float,
+                                min_margin: float, pos_weight: float, kr_from_target: bool,
+                                need_grad: bool) -> tuple[Tensor, Tensor]:
         from liptriton.kernels.multiclass_hkr import multiclass_hkr_forward
 
         return multiclass_hkr_forward(input, target, kr_pos, kr_neg, alpha, min_margin, pos_weight,
                                       kr_from_target, need_grad)
+
+    # The fused loss computes its gradient in the forward (one read of the logits): no backward
+    # op, the autograd scales the saved gradient (the one op registered with its own autograd).
+    register_triton_op("multiclass_hkr", reference=_reference_with_grad, forward=_multiclass_hkr_forward)
 
     def _setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(output[1])
@@ -124,7 +123,7 @@ if HAS_TRITON:
         grad_input = (grad * grad_loss.to(grad.dtype).unsqueeze(-1)).to(ctx.input_dtype)
         return grad_input, None, None, None, None, None, None, None, None
 
-    register_autograd("liptriton::multiclass_hkr", _backward, setup_context=_setup_context)
+    torch.library.register_autograd("liptriton::multiclass_hkr", _backward, setup_context=_setup_context)
 
 
 def multiclass_hkr(input: Tensor, target: Tensor, kr_pos: Tensor, kr_neg: Tensor, alpha: float,
