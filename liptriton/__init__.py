@@ -8,9 +8,8 @@ Examples:
 """
 
 from liptriton import config, ops, parametrizations
+from liptriton._version import __version__
 from liptriton.parametrizations import aol, bjorck, frobenius, householder, spectral
-
-__version__ = "0.1.0"
 
 __all__ = ["config", "ops", "parametrizations", "aol", "bjorck", "frobenius", "householder", "spectral",
            "__version__"]

@@ -11,7 +11,6 @@ a SHA-256). Training checkpoints (the unbaked state) are in :mod:`liptriton.chec
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 import os
 import warnings
@@ -35,11 +34,9 @@ from liptriton._files import (
     write,
 )
 from liptriton.bounds.conv_operator import conv_operator_norm
-from liptriton.parametrizations._base import (
-    ConvNormState,
-    LipschitzParametrization,
-    check_iters,
-)
+from liptriton.certify import certify
+from liptriton.parametrizations._base import ConvNormState, LipschitzParametrization
+from liptriton.parametrizations._checks import check_iters
 from liptriton.parametrizations.bjorck import Bjorck
 
 __all__ = ["FORMAT_VERSION", "bake", "load", "load_metadata", "save"]
@@ -145,16 +142,11 @@ def _bound(baked: nn.Module, layers: list[dict], example_input) -> dict:
             note = "liptriton.certify takes one input tensor; "
         example_input = example_input[0] if len(example_input) == 1 else None
     if example_input is not None:
-        try:
-            certify = importlib.import_module("liptriton.certify").certify
-        except (ImportError, AttributeError) as err:
-            note = f"liptriton.certify unavailable ({err}); "
-        else:
-            cert = certify(baked, example_input)
-            out = {"kind": "certified", "upper": float(cert.upper), "input_shape": list(example_input.shape)}
-            if getattr(cert, "lower", None) is not None:
-                out["lower"] = float(cert.lower)
-            return out
+        cert = certify(baked, example_input)
+        out = {"kind": "certified", "upper": float(cert.upper), "input_shape": list(example_input.shape)}
+        if getattr(cert, "lower", None) is not None:
+            out["lower"] = float(cert.lower)
+        return out
     value = math.prod(entry.get("constraint_bound", entry["bound"]) for entry in layers) if layers else None
     return {"kind": "product_of_layer_bounds", "value": value,
             "note": note + "product of the constrained layers' bounds: the model's bound only for a chain of "
@@ -179,8 +171,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
     Metadata (JSON strings): ``format``, ``format_version``, ``liptriton_version``, ``torch_version``,
     ``architecture`` (``class``: the model class the weights are for; what it was written for),
     ``layers`` (per constrained tensor: key, constraints, k, ``bound`` of the file's weight, the
-    ``absorbed_factor`` and the ``constraint_bound`` before it, measured norm, conv input size), ``bound`` (with ``example_input`` and
-    liptriton.certify available: the certified upper bound of the file's model,
+    ``absorbed_factor`` and the ``constraint_bound`` before it, measured norm, conv input size),
+    ``bound`` (with ``example_input``: the certified upper bound of the file's model,
     ``kind="certified"``; else the product of the layers' bounds, labelled
     ``kind="product_of_layer_bounds"``), ``user`` (``metadata``) and ``sha256``.
 

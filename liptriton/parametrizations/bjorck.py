@@ -6,20 +6,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from liptriton.bounds.gram_bound import gram_spectral_bound
 from liptriton.ops.bjorck import bjorck as bjorck_op
 from liptriton.ops.bjorck import bjorck_coefficients
 from liptriton.ops.bjorck_gram import bjorck_gram, gram_pays
-from liptriton.bounds.gram_bound import gram_spectral_bound
 from liptriton.parametrizations._base import (
     LipschitzParametrization,
     MatrixNormState,
     WeightLayout,
-    check_bound,
-    check_iters,
-    check_positive,
     make_conv_state,
     register,
 )
+from liptriton.parametrizations._checks import check_bound, check_iters, check_positive
 
 __all__ = ["Bjorck", "bjorck"]
 

@@ -7,14 +7,11 @@ from torch import Tensor, nn
 from liptriton.parametrizations._base import (
     LipschitzParametrization,
     WeightLayout,
-    check_bound,
-    check_iters,
-    check_positive,
     make_conv_state,
     make_matrix_state,
     register,
-    renamed,
 )
+from liptriton.parametrizations._checks import check_bound, check_iters, check_positive, renamed
 
 __all__ = ["Spectral", "spectral"]
 
