@@ -1,6 +1,6 @@
 """Lipschitz rules of torch.fx ``call_function`` / ``call_method`` / ``get_attr``-like nodes.
 
-Used by :func:`liptriton._bounds.propagate`. A rule takes the node and a :class:`RuleContext`
+Used by :func:`liptriton._propagate.propagate`. A rule takes the node and a :class:`RuleContext`
 and returns ``(local, bound, note)``: the node's own constant, the bound of its value as a
 function of the model input, and how it was obtained. Sound by construction:
 

@@ -1,6 +1,6 @@
 """certify(model, x): a proven upper bound and a measured lower bound of a model's l2 Lipschitz constant.
 
-The upper bound is propagated through the model's torch.fx graph (:mod:`liptriton._bounds`) from
+The upper bound is propagated through the model's torch.fx graph (:mod:`liptriton._propagate`) from
 guaranteed per-node constants (modules by their rule in :mod:`liptriton.rules`): dense layers by float64 SVD of the weight the layer
 applies, convolutions by :func:`liptriton.bounds.conv_bound.conv_norm_bound` at the input's size
 (exact for small operators, a circular-embedding bound otherwise), never by the layers' own
@@ -25,7 +25,7 @@ from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
 from liptriton._bake import bake_in_place
-from liptriton._bounds import TRACE_ERRORS, LeafTracer, NodeBound, propagate
+from liptriton._propagate import TRACE_ERRORS, LeafTracer, NodeBound, propagate
 from liptriton._certify_checks import check_finite, check_runs, check_sound, record_shapes
 from liptriton._lower import jacobian_lower_bound
 from liptriton.metrics import certified_radius
@@ -60,7 +60,7 @@ class Certificate:
         upper: proven upper bound of the l2 Lipschitz constant (``inf`` when a node has none).
         lower: measured lower bound (Jacobian norms / secants at sample points).
         ratio: ``upper / lower`` (tightness; 1 is exact).
-        nodes: the per-node table (:class:`~liptriton._bounds.NodeBound` rows).
+        nodes: the per-node table (:class:`~liptriton._propagate.NodeBound` rows).
         unbounded: ``(node, reason)`` for every node whose own constant is infinite.
         radii: per-sample certified l2 radii of the example input's predictions (margins
             divided by ``upper``, see :func:`liptriton.metrics.certified_radius`), or None.

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from liptriton._bounds import TRACE_ERRORS, LeafTracer, propagate
+from liptriton._propagate import TRACE_ERRORS, LeafTracer, propagate
 from liptriton._fold_batchnorm import fold_batchnorm
 from liptriton._origin import INSERTED, ORIGIN, record_origin
 from liptriton.bounds.activations import FUNCTION_CONSTANTS
@@ -282,7 +282,7 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
 def _check_function(gm: fx.GraphModule, node: fx.Node, report: ConversionReport, activations: str,
                     depends: set[str]) -> None:
     """Report functions with no finite constant; scale functional activations above 1."""
-    from liptriton._bounds import _function_rule
+    from liptriton._propagate import _function_rule
 
     if node.target in FUNCTION_CONSTANTS and activations == "scale":
         c = FUNCTION_CONSTANTS[node.target]

@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 
 from liptriton._bake import bake_in_place
 from liptriton._evaluate import evaluate_lip_const
-from liptriton.ops.sqrt_eps import sqrt_with_gradeps
+from liptriton.functional.sqrt_with_gradeps import sqrt_with_gradeps
 from liptriton.parametrizations import bjorck, frobenius, spectral
 
 __all__ = [

@@ -65,3 +65,12 @@ def test_ops_gram_spectral_bound_alias():
 
     with pytest.warns(DeprecationWarning, match="liptriton.bounds.gram_bound.gram_spectral_bound"):
         assert liptriton.ops.gram_spectral_bound is gram_spectral_bound
+
+
+def test_sqrt_eps_moved_to_functional():
+    from liptriton.functional.sqrt_with_gradeps import sqrt_with_gradeps
+
+    sys.modules.pop("liptriton.ops.sqrt_eps", None)
+    with pytest.warns(DeprecationWarning, match="liptriton.functional.sqrt_with_gradeps"):
+        old = importlib.import_module("liptriton.ops.sqrt_eps")
+    assert old.sqrt_with_gradeps is sqrt_with_gradeps is liptriton.utils.sqrt_with_gradeps

@@ -1,5 +1,6 @@
 """Deprecated module paths of liptriton.ops: the guaranteed bounds and the operator geometry moved
-to :mod:`liptriton.bounds`. Each old module is a two-line shim that calls :func:`moved`."""
+to :mod:`liptriton.bounds`, ``sqrt_eps`` (no kernel) to :mod:`liptriton.functional.sqrt_with_gradeps`.
+Each old module is a two-line shim that calls :func:`moved`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 __all__ = ["MOVED", "moved"]
 
-MOVED = ("certified_norm", "conv_bound", "conv_fourier", "conv_operator", "conv_reads", "gram_bound")
+MOVED = ("certified_norm", "conv_bound", "conv_fourier", "conv_operator", "conv_reads", "gram_bound", "sqrt_eps")
 
 
 def moved(old: str, new: str) -> dict[str, Any]:
