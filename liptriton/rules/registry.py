@@ -49,6 +49,9 @@ KEEP = object()  # a convert rule's answer: keep the module (possibly modified i
 class ModuleRule:
     """What liptriton knows about one module type (see the module docstring).
 
+    ``leaf``, ``homogeneous`` and ``constrained`` left None defer to the next class of the MRO
+    (False when no class sets them).
+
     Attributes:
         constant: ``(module, in_shape, nominal) -> (constant, note)`` or None to defer. ``nominal``
             is True for lipschitzify's planning (trust parametrizations' own bounds), False for
@@ -58,7 +61,6 @@ class ModuleRule:
         leaf: torch.fx treats the module as one call (a bool, or a predicate of the module).
         homogeneous: ``f(c x) = c f(x)`` for every c > 0.
         constrained: a weighted layer that lipschitzify parametrizes.
-        (``leaf``, ``homogeneous``, ``constrained`` left None defer to the next class; False at the end.)
 
     Examples:
         >>> rule = ModuleRule(constant=lambda m, shape, nominal: (1.0, "a permutation"))
