@@ -21,18 +21,17 @@ from liptriton.functional.activations import (
     householder_activation,
     lipschitz_prelu,
 )
-from liptriton.nn.containers import LipschitzModule
-from liptriton.nn.scaling import ScaledLipschitzModule
+from liptriton.nn.scaling import LipschitzFactor, ScaledLipschitzModule
 
 _THETA_INITS = {"zeros": nn.init.zeros_, "ones": nn.init.ones_, "normal": nn.init.normal_}
 
 __all__ = ["FullSort", "GroupSort", "GroupSort2", "HouseHolder", "LPReLU", "MaxMin"]
 
 
-class _FactorInForward(LipschitzModule):
-    """A :class:`~liptriton.nn.LipschitzModule` whose factor ``k_coef_lip`` multiplies its output
-    in ``forward`` (the activations): setting the factor has nothing to re-apply, ``scaling``
-    follows it, and the module is its own plain form."""
+class _FactorInForward(LipschitzFactor):
+    """An activation: its factor ``k_coef_lip`` (:class:`~liptriton.nn.scaling.LipschitzFactor`,
+    shared with the layers) multiplies its output in ``forward``, so setting it has nothing to
+    re-apply; ``scaling`` follows it, and the module is its own plain form."""
 
     factory = None
 
@@ -44,9 +43,6 @@ class _FactorInForward(LipschitzModule):
     def scaling(self) -> bool:
         """Whether the factor differs from 1 (deel-torchlip's ``ScaledLipschitzModule.scaling``)."""
         return self.k_coef_lip != 1.0
-
-    def apply_lipschitz_factor(self) -> None:
-        """Nothing to do: the factor multiplies the output in ``forward`` (deel-torchlip's API)."""
 
     def vanilla_export(self) -> nn.Module:
         """Return the module itself: it holds no parametrization to bake in."""

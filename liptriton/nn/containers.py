@@ -17,22 +17,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from liptriton.nn.scaling import ScaledLipschitzModule, SharedLipFactory
+from liptriton.nn.scaling import LipschitzFactor, ScaledLipschitzModule, SharedLipFactory, check_coefficient
 from liptriton.parametrizations import LipschitzParametrization
 
 __all__ = ["LipResidual", "LipschitzModule", "Sequential", "check_coefficient", "vanilla_model"]
-
-def check_coefficient(owner: str, arg: str, value: float) -> float:
-    """Return ``float(value)`` if it is a finite number > 0, else raise a ValueError naming ``owner``/``arg``.
-
-    Examples:
-        >>> check_coefficient("Sequential", "k_coef_lip", 2)
-        2.0
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: {arg} must be a finite number > 0, got {value!r}")
-    return float(value)
-
 
 def has_lipschitz_factor(module: nn.Module) -> bool:
     """True when ``module`` takes a Lipschitz factor (``_coefficient_lip``): liptriton layers,
@@ -50,7 +38,7 @@ def _child_constant(module: nn.Module) -> float:
     return module_constant(module, None, nominal=True)[0]
 
 
-class LipschitzModule(ScaledLipschitzModule):
+class LipschitzModule(LipschitzFactor):
     """Mixin of every liptriton layer with a Lipschitz factor (deel-torchlip's ``LipschitzModule``).
 
     The factor (``k_coef_lip``, also readable and settable as deel-torchlip's ``_coefficient_lip``)
@@ -71,23 +59,6 @@ class LipschitzModule(ScaledLipschitzModule):
     def __init__(self, coefficient_lip: float = 1.0, factory: SharedLipFactory | None = None) -> None:
         self._k_coef_lip = check_coefficient(type(self).__name__, "k_coef_lip", coefficient_lip)
         ScaledLipschitzModule.__init__(self, scaling=self._k_coef_lip != 1.0, factory=factory)
-
-    def get_scaling(self, training: bool = False, update: bool = True) -> float:
-        """The Lipschitz factor (deel-torchlip's ``get_scaling``)."""
-        return self._k_coef_lip
-
-    @property
-    def k_coef_lip(self) -> float:
-        """The Lipschitz factor of this layer."""
-        return self._k_coef_lip
-
-    @k_coef_lip.setter
-    def k_coef_lip(self, value: float) -> None:
-        self._k_coef_lip = check_coefficient(type(self).__name__, "k_coef_lip", value)
-        self.apply_lipschitz_factor()
-
-    # deel-torchlip's name for the same number
-    _coefficient_lip = k_coef_lip
 
     def _lipschitz_parametrizations(self) -> list[LipschitzParametrization]:
         if not parametrize.is_parametrized(self):  # type: ignore[arg-type]
