@@ -17,15 +17,16 @@ from tests._measure import exact_conv_norm
 
 @pytest.mark.parametrize("batch,q", [(1, 1), (1, 7), (5, 16), (40, 12)], ids=str)
 @pytest.mark.parametrize("flat", [False, True], ids=["spread", "flat-top"])
-def test_certificate_is_above_and_close_to_lambda_max(batch, q, flat):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "hermitian"])
+def test_certificate_is_above_and_close_to_lambda_max(batch, q, flat, dtype):
     g = torch.Generator().manual_seed(batch * 100 + q)
-    a = torch.randn(batch, q + 3, q, dtype=torch.float64, generator=g)
+    a = torch.randn(batch, q + 3, q, dtype=dtype, generator=g)
     if flat:  # the spectrum an optimizer that pushes every direction up produces: a cluster at the top
         u, s, vh = torch.linalg.svd(a, full_matrices=False)
-        a = u @ torch.diag_embed(1 - 0.01 * torch.rand(s.shape, generator=g, dtype=torch.float64)) @ vh
-    h = a.mT @ a
+        a = u @ torch.diag_embed(1 - 0.01 * torch.rand(s.shape, generator=g, dtype=torch.float64)).to(dtype) @ vh
+    h = a.mH @ a
     top = float(torch.linalg.eigvalsh(h).max())
-    v = torch.randn(batch, q, dtype=torch.float64, generator=g)
+    v = torch.randn(batch, q, dtype=dtype, generator=g)
     bound, _ = certify_top_eigenvalue(h, v, 8, refine=3)
     assert top <= float(bound) <= top * 1.0021
 
@@ -55,6 +56,8 @@ GEOMETRIES = [
     lambda: nn.Conv3d(2, 3, 3, padding=1), lambda: nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
     lambda: nn.ConvTranspose1d(3, 2, 4, stride=2), lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular"),
     lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), lambda: nn.Conv2d(3, 3, 1),
+    lambda: nn.Conv2d(3, 5, 1, stride=2), lambda: nn.Conv2d(3, 4, (1, 3), padding=(0, 1)),
+    lambda: nn.Conv2d(4, 3, 2, stride=2), lambda: nn.Conv1d(2, 3, 3, stride=3, padding=1),
 ]
 
 
@@ -70,7 +73,8 @@ def test_frequency_bound_is_above_the_exact_operator_norm(make):
     w = conv.weight.detach().double()
     blocks = fourier_blocks(plan, w)
     gram = fourier_gram(plan, w)
-    torch.testing.assert_close(gram, blocks.mT @ blocks, rtol=1e-12, atol=1e-12)
+    embedded = torch.cat([torch.cat([gram.real, -gram.imag], -1), torch.cat([gram.imag, gram.real], -1)], -2)
+    torch.testing.assert_close(embedded, blocks.mT @ blocks, rtol=1e-12, atol=1e-12)
     bound = float(torch.linalg.matrix_norm(blocks, 2).max()) * plan.gather
     exact = exact_conv_norm(conv, conv.weight, size)
     assert exact <= bound * (1 + 1e-12)

@@ -9,7 +9,9 @@ input into ``prod(stride)`` phases makes ``C`` a stride-1 circular convolution o
 ``K(w) = sum_t W_t exp(-i <w, j(t)>)`` (Sedghi et al., 2019). A real kernel has
 ``K(-w) = conj K(w)``, so half of the frequencies suffice, and each complex ``K`` is carried as
 the real matrix ``[[Re K, -Im K], [Im K, Re K]]`` (same singular values, each twice): the blocks
-are one real matmul of the weight with a cosine/sine table, no FFT and no complex dtype.
+are one real matmul of the weight with a cosine/sine table, no FFT and no complex dtype in
+autograd. Only their Gram matrices, which the certificate factors under ``no_grad``, are complex
+(half the side of the real embedding).
 
 Circular padding of the kernel's extent with a stride that divides ``n`` *is* that circular
 convolution (the bound is exact). Other copying padding modes (reflect, replicate, symmetric)
@@ -110,6 +112,9 @@ def fourier_plan(spec: ConvSpec, weight_shape: tuple[int, ...], input_size: tupl
             gather = math.sqrt(float(counts.max()))
         grid = tuple(math.ceil((n + t) / s) * s for n, t, s in zip(input_size, totals, spec.stride))
     grid = tuple(g // s for g, s in zip(grid, spec.stride))  # after the polyphase split
+    # A dimension along which every tap lands in the same polyphase cell (a 1x1 kernel, or a
+    # kernel no wider than the stride) adds no frequency dependence: one frequency suffices.
+    grid = tuple(1 if d * (k - 1) < s else g for g, d, k, s in zip(grid, spec.dilation, kernel, spec.stride))
     # Tap t of dimension d reads input s * o + dil * t: phase r = (dil t) mod s, shift (dil t) div s.
     freqs = [torch.arange(g if i < nd - 1 else g // 2 + 1, dtype=torch.float64) for i, g in enumerate(grid)]
     taps = [torch.arange(k, dtype=torch.float64) * d for k, d in zip(kernel, spec.dilation)]
@@ -195,7 +200,10 @@ def _complex_blocks(plan: FourierPlan, weight: Tensor, index: Tensor | None = No
 
 
 def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
-    """Return ``B^T B`` for the blocks ``B`` of :func:`fourier_blocks`, as large GEMMs.
+    """Return the complex Hermitian Gram matrices ``K^H K`` (or ``K K^H``) of the frequency
+    blocks, as large GEMMs: the real blocks ``B`` of :func:`fourier_blocks` are their real
+    embedding, ``B^T B = [[Re H, -Im H], [Im H, Re H]]`` (same eigenvalues, each twice; the
+    eigenvector ``[x; y]`` of the embedding is ``x + i y``), at half the side.
 
     ``K^H K = sum_{t,t'} W_t^T W_t' exp(i <w, j_t - j_t'>)``: the Gram of every tap pair (one
     GEMM), summed per lag (a second), then one GEMM with the lags' cos/sin tables gives every
@@ -204,10 +212,10 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
 
     Args:
         plan: from :func:`fourier_plan`.
-        weight: the convolution weight.
+        weight: the convolution weight (float64 for a certificate: the result is complex128).
 
     Returns:
-        Symmetric positive semi-definite matrices (groups * F, plan.size, plan.size).
+        Hermitian positive semi-definite matrices (groups * F, plan.size // 2, plan.size // 2).
     """
     co, ci = weight.shape[:2]
     g, phases = plan.groups, plan.phases
@@ -219,8 +227,7 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
     else:  # input side: sum_o W[o, :, t]^T W[o, :, t']
         side = ci
         a = wt.permute(0, 3, 2, 1).reshape(g, taps * side, co // g)
-    gp = (a @ a.mT).reshape(g, taps, side, taps, side).permute(0, 1, 3, 2, 4).reshape(g, taps * taps, -1)
-    cls = plan.pairs.to(weight.dtype) @ gp  # (G, C, side^2)
+    cls = _lag_grams(a.reshape(g, taps, side, -1), plan.pairs.to(weight.dtype))  # (G, C, side^2)
     lags = plan.lags.to(weight.dtype)  # (2, F, C)
     if plan.wide:
         hr, hi = lags[0] @ cls, -(lags[1] @ cls)  # (G, F, side^2)
@@ -230,8 +237,28 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
         hr, hi = lags[0] @ cls, lags[1] @ cls  # (G, F, phases^2 * ci^2)
         hr, hi = (x.reshape(g, -1, phases, phases, ci, ci).permute(0, 1, 4, 2, 5, 3)
                   .reshape(g, -1, ci * phases, ci * phases) for x in (hr, hi))
-    hr, hi = hr.flatten(0, 1), hi.flatten(0, 1)
-    return torch.cat([torch.cat([hr, -hi], -1), torch.cat([hi, hr], -1)], -2)
+    return torch.complex(hr.flatten(0, 1), hi.flatten(0, 1))
+
+
+def _lag_grams(a: Tensor, pairs: Tensor) -> Tensor:
+    """``sum`` over the tap pairs of each class of ``a_t a_u^T``, from the pairs ``t <= u`` only
+    (``a_u a_t^T`` is the transpose): half the flops of the Gram of every pair.
+
+    Args:
+        a: (G, T, side, n) per-tap matrices.
+        pairs: (C, T * T) membership of pair ``(t, u)`` (column ``t T + u``) in each class.
+
+    Returns:
+        (G, C, side * side).
+    """
+    g, taps, side, _ = a.shape
+    upper = torch.cat([(a[:, t] @ a[:, t:].reshape(g, -1, a.shape[-1]).mT).reshape(g, side, taps - t, side)
+                       .permute(0, 2, 1, 3) for t in range(taps)], 1)  # (G, P, side, side): pairs t <= u
+    t, u = torch.triu_indices(taps, taps, device=pairs.device)
+    by_pair = pairs.reshape(-1, taps, taps)
+    direct = by_pair[:, t, u]  # (C, P): class of (t, u)
+    mirror = by_pair[:, u, t] * (t != u).to(pairs.dtype)  # class of (u, t), whose block is the transpose
+    return direct @ upper.flatten(2) + mirror @ upper.mT.flatten(2)
 
 
 def fourier_blocks(plan: FourierPlan, weight: Tensor, index: Tensor | None = None) -> Tensor:

@@ -37,7 +37,7 @@ class Spectral(LipschitzParametrization):
     Args:
         layout: the weight's :class:`WeightLayout`.
         k: the Lipschitz constant to reach.
-        power_iters: steps of the norm estimate per training forward (None: 16 Lanczos steps with
+        power_iters: steps of the norm estimate per training forward (None: 8 Lanczos steps with
             ``bound="certified"``; 1 power step, a block step for a convolution, with "estimate").
         power_iters_init: steps on fresh state.
         in_channels: input channels of the convolution operator (convolutions only).
@@ -86,7 +86,7 @@ def spectral(module: nn.Module, name: str = "weight", *, k: float = 1.0, power_i
             with a 2-D tensor ``name``.
         name: the tensor to constrain.
         k: the Lipschitz constant of the layer (> 0).
-        power_iters: steps of the norm estimate per training forward (>= 1; default 16 Lanczos
+        power_iters: steps of the norm estimate per training forward (>= 1; default 8 Lanczos
             steps on the Gram matrix with ``bound="certified"``; 1 power step with ``"estimate"``,
             for a convolution a block step of an 8-vector basis that follows swaps of its top
             singular vectors).
