@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 import triton
-from torch.library import wrap_triton
-
+from liptriton.kernels._helpers import coeffs5, launch
 from liptriton.kernels.bjorck_fused import _bjorck_fused_bwd_kernel, _bjorck_fused_fwd_kernel
 from liptriton.kernels.bjorck_tiled import bjorck_tiled_backward, bjorck_tiled_forward
 
@@ -33,12 +32,6 @@ def fused_fits(m: int, n: int, fused_max_small: int | None = None) -> bool:
     """Return True when an (m, n) matrix takes the fused path (``min(m, n) <= fused_max_small``)."""
     limit = FUSED_MAX_SMALL if fused_max_small is None else fused_max_small
     return min(m, n) <= limit
-
-
-def _coeffs5(coeffs: tuple[float, ...]) -> list[float]:
-    if not 2 <= len(coeffs) <= 5:
-        raise ValueError(f"bjorck kernels: expected 2 to 5 coefficients (order 1-4), got {len(coeffs)}")
-    return [float(c) for c in coeffs] + [0.0] * (5 - len(coeffs))
 
 
 def _blocks(s_max: int, l_max: int, device: torch.device) -> dict[str, int]:
@@ -77,8 +70,8 @@ def bjorck_forward(w: torch.Tensor, n_iters: int, coeffs: tuple[float, ...], *,
         return bjorck_tiled_forward(w, n_iters, tuple(coeffs), precision=precision)
     y = torch.empty((b, m, n), device=w.device, dtype=torch.float32)
     s, ln, stride_s, stride_l = _layout(m, n)
-    wrap_triton(_bjorck_fused_fwd_kernel)[(b,)](
-        w, y, s, ln, m * n, stride_s, stride_l, int(n_iters), *_coeffs5(coeffs),
+    launch(_bjorck_fused_fwd_kernel)[(b,)](
+        w, y, s, ln, m * n, stride_s, stride_l, int(n_iters), *coeffs5(coeffs, "bjorck kernels"),
         ORDER=len(coeffs) - 1, PRECISION=precision, **_blocks(s, ln, w.device))
     return y
 
@@ -95,8 +88,8 @@ def bjorck_backward(w: torch.Tensor, grad: torch.Tensor, n_iters: int, coeffs: t
     dx = torch.empty((b, m, n), device=w.device, dtype=torch.float32)
     scratch = torch.empty((n_iters, b, m, n), device=w.device, dtype=torch.float32)
     s, ln, stride_s, stride_l = _layout(m, n)
-    wrap_triton(_bjorck_fused_bwd_kernel)[(b,)](
+    launch(_bjorck_fused_bwd_kernel)[(b,)](
         w, grad, dx, scratch, s, ln, m * n, stride_s, stride_l, int(n_iters), b * m * n,
-        *_coeffs5(coeffs), ORDER=len(coeffs) - 1, PRECISION=precision,
+        *coeffs5(coeffs, "bjorck kernels"), ORDER=len(coeffs) - 1, PRECISION=precision,
         **_blocks(s, ln, w.device))
     return dx

@@ -32,9 +32,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from liptriton.kernels._helpers import coeffs5, launch
 from liptriton.kernels.bjorck_fused import _coef
 from liptriton.kernels.bjorck_tiled import mm
-from torch.library import wrap_triton
 
 __all__ = [
     "STEPS_FUSED_MAX",
@@ -132,12 +132,6 @@ def _gram_steps_bwd_kernel(p_g0, p_dp, p_dg0, p_scratch, S, n_steps, scratch_str
     tl.store(p_dg0 + o_ss, b_dg0, mask=m_ss)
 
 
-def _coeffs5(coeffs: tuple[float, ...]) -> list[float]:
-    if not 2 <= len(coeffs) <= 5:
-        raise ValueError(f"bjorck_gram kernels: expected 2 to 5 coefficients (order 1-4), got {len(coeffs)}")
-    return [float(c) for c in coeffs] + [0.0] * (5 - len(coeffs))
-
-
 def _launch_args(s: int, coeffs: tuple[float, ...]) -> dict:
     block_s = max(16, triton.next_power_of_2(s))
     return {"ORDER": len(coeffs) - 1, "BLOCK_S": block_s, "num_warps": 4 if block_s <= 32 else 8}
@@ -163,7 +157,7 @@ def gram_steps_forward(g0: torch.Tensor, n_steps: int, coeffs: tuple[float, ...]
     b, s, _ = g0.shape
     if s <= STEPS_FUSED_MAX:
         p = torch.empty((b, s, s), device=g0.device, dtype=torch.float32)
-        wrap_triton(_gram_steps_fwd_kernel)[(b,)](g0, p, s, int(n_steps), *_coeffs5(coeffs),
+        launch(_gram_steps_fwd_kernel)[(b,)](g0, p, s, int(n_steps), *coeffs5(coeffs, "bjorck_gram kernels"),
                                                   PRECISION=precision, **_launch_args(s, coeffs))
         return p
     eye = torch.eye(s, device=g0.device, dtype=torch.float32).expand(b, s, s)
@@ -181,8 +175,8 @@ def gram_steps_backward(g0: torch.Tensor, dp: torch.Tensor, n_steps: int, coeffs
     if s <= STEPS_FUSED_MAX:
         dg0 = torch.empty((b, s, s), device=g0.device, dtype=torch.float32)
         scratch = torch.empty((n_steps, b, s, s), device=g0.device, dtype=torch.float32)
-        wrap_triton(_gram_steps_bwd_kernel)[(b,)](g0, dp, dg0, scratch, s, int(n_steps), b * s * s,
-                                                  *_coeffs5(coeffs), PRECISION=precision,
+        launch(_gram_steps_bwd_kernel)[(b,)](g0, dp, dg0, scratch, s, int(n_steps), b * s * s,
+                                                  *coeffs5(coeffs, "bjorck_gram kernels"), PRECISION=precision,
                                                   **_launch_args(s, coeffs))
         return dg0
     eye = torch.eye(s, device=g0.device, dtype=torch.float32).expand(b, s, s)

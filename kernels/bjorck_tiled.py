@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from liptriton.kernels._helpers import launch
 
 __all__ = ["mm", "bjorck_tiled_forward", "bjorck_tiled_backward"]
 
@@ -76,9 +77,7 @@ def mm(a: torch.Tensor, b: torch.Tensor, *, alpha: float = 1.0, d: torch.Tensor 
     block_n = max(16, min(64, triton.next_power_of_2(n)))
     block_k = max(16, min(32, triton.next_power_of_2(k)))
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), nb)
-    from torch.library import wrap_triton
-
-    wrap_triton(_mm_kernel)[grid](
+    launch(_mm_kernel)[grid](
         a, b, dd, out, m, n, k, *a.stride(), *b.stride(), *dd.stride(), *out.stride(),
         float(alpha), float(beta), HAS_D=d is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         PRECISION=precision, num_warps=4, num_stages=3)

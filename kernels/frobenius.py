@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from liptriton.kernels._helpers import acc, launch
 
 __all__ = ["frobenius_forward", "frobenius_backward"]
 
@@ -26,19 +27,10 @@ _FUSED_MIN_ROWS = 256
 
 
 @triton.jit
-def _acc(x, IS_FP64: tl.constexpr):
-    """Upcast to the compute dtype: float64 for float64 inputs, float32 otherwise."""
-    if IS_FP64:
-        return x.to(tl.float64)
-    else:
-        return x.to(tl.float32)
-
-
-@triton.jit
 def _inv_norm(sq, eps, IS_FP64: tl.constexpr):
     """Return (1 / max(sqrt(sq), eps), 1 if the norm is not clamped else 0)."""
     norm = tl.sqrt(sq)
-    eps = _acc(tl.cast(eps, tl.float64), IS_FP64)
+    eps = acc(tl.cast(eps, tl.float64), IS_FP64)
     return 1.0 / tl.maximum(norm, eps), (norm >= eps).to(norm.dtype)
 
 
@@ -47,16 +39,16 @@ def _frobenius_fwd_fused_kernel(p_x, p_y, K, eps, IS_FP64: tl.constexpr, BLOCK: 
     i_r = tl.program_id(0).to(tl.int64)
     p_x += i_r * K
     p_y += i_r * K
-    sq = _acc(tl.zeros([BLOCK], dtype=tl.float32), IS_FP64)
+    sq = acc(tl.zeros([BLOCK], dtype=tl.float32), IS_FP64)
     for s in range(0, K, BLOCK):
         o_k = s + tl.arange(0, BLOCK)
-        b_x = _acc(tl.load(p_x + o_k, mask=o_k < K, other=0.0), IS_FP64)
+        b_x = acc(tl.load(p_x + o_k, mask=o_k < K, other=0.0), IS_FP64)
         sq += b_x * b_x
     inv, _ = _inv_norm(tl.sum(sq, axis=0), eps, IS_FP64)
     for s in range(0, K, BLOCK):
         o_k = s + tl.arange(0, BLOCK)
         m_k = o_k < K
-        b_x = _acc(tl.load(p_x + o_k, mask=m_k, other=0.0), IS_FP64)
+        b_x = acc(tl.load(p_x + o_k, mask=m_k, other=0.0), IS_FP64)
         tl.store(p_y + o_k, (b_x * inv).to(p_y.dtype.element_ty), mask=m_k)
 
 
@@ -66,13 +58,13 @@ def _frobenius_bwd_fused_kernel(p_g, p_x, p_dx, K, eps, IS_FP64: tl.constexpr, B
     p_g += i_r * K
     p_x += i_r * K
     p_dx += i_r * K
-    sq = _acc(tl.zeros([BLOCK], dtype=tl.float32), IS_FP64)
-    gx = _acc(tl.zeros([BLOCK], dtype=tl.float32), IS_FP64)
+    sq = acc(tl.zeros([BLOCK], dtype=tl.float32), IS_FP64)
+    gx = acc(tl.zeros([BLOCK], dtype=tl.float32), IS_FP64)
     for s in range(0, K, BLOCK):
         o_k = s + tl.arange(0, BLOCK)
         m_k = o_k < K
-        b_x = _acc(tl.load(p_x + o_k, mask=m_k, other=0.0), IS_FP64)
-        b_g = _acc(tl.load(p_g + o_k, mask=m_k, other=0.0), IS_FP64)
+        b_x = acc(tl.load(p_x + o_k, mask=m_k, other=0.0), IS_FP64)
+        b_g = acc(tl.load(p_g + o_k, mask=m_k, other=0.0), IS_FP64)
         sq += b_x * b_x
         gx += b_g * b_x
     inv, unclamped = _inv_norm(tl.sum(sq, axis=0), eps, IS_FP64)
@@ -80,8 +72,8 @@ def _frobenius_bwd_fused_kernel(p_g, p_x, p_dx, K, eps, IS_FP64: tl.constexpr, B
     for s in range(0, K, BLOCK):
         o_k = s + tl.arange(0, BLOCK)
         m_k = o_k < K
-        b_x = _acc(tl.load(p_x + o_k, mask=m_k, other=0.0), IS_FP64)
-        b_g = _acc(tl.load(p_g + o_k, mask=m_k, other=0.0), IS_FP64)
+        b_x = acc(tl.load(p_x + o_k, mask=m_k, other=0.0), IS_FP64)
+        b_g = acc(tl.load(p_g + o_k, mask=m_k, other=0.0), IS_FP64)
         tl.store(p_dx + o_k, (b_g * inv - b_x * c).to(p_dx.dtype.element_ty), mask=m_k)
 
 
@@ -92,10 +84,10 @@ def _partial_sums_kernel(p_x, p_g, p_sq, p_gx, K, S, IS_FP64: tl.constexpr, HAS_
     i_s, i_r = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_k = i_s * BLOCK + tl.arange(0, BLOCK)
     m_k = o_k < K
-    b_x = _acc(tl.load(p_x + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
+    b_x = acc(tl.load(p_x + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
     tl.store(p_sq + i_r * S + i_s, tl.sum(b_x * b_x, axis=0))
     if HAS_G:
-        b_g = _acc(tl.load(p_g + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
+        b_g = acc(tl.load(p_g + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
         tl.store(p_gx + i_r * S + i_s, tl.sum(b_g * b_x, axis=0))
 
 
@@ -116,7 +108,7 @@ def _frobenius_fwd_split_kernel(p_x, p_y, p_sq, K, S, eps, IS_FP64: tl.constexpr
     inv, _ = _inv_norm(_row_total(p_sq + i_r * S, S, BLOCK_S), eps, IS_FP64)
     o_k = i_s * BLOCK + tl.arange(0, BLOCK)
     m_k = o_k < K
-    b_x = _acc(tl.load(p_x + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
+    b_x = acc(tl.load(p_x + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
     tl.store(p_y + i_r * K + o_k, (b_x * inv).to(p_y.dtype.element_ty), mask=m_k)
 
 
@@ -128,8 +120,8 @@ def _frobenius_bwd_split_kernel(p_g, p_x, p_dx, p_sq, p_gx, K, S, eps, IS_FP64: 
     c = _row_total(p_gx + i_r * S, S, BLOCK_S) * inv * inv * inv * unclamped
     o_k = i_s * BLOCK + tl.arange(0, BLOCK)
     m_k = o_k < K
-    b_x = _acc(tl.load(p_x + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
-    b_g = _acc(tl.load(p_g + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
+    b_x = acc(tl.load(p_x + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
+    b_g = acc(tl.load(p_g + i_r * K + o_k, mask=m_k, other=0.0), IS_FP64)
     tl.store(p_dx + i_r * K + o_k, (b_g * inv - b_x * c).to(p_dx.dtype.element_ty), mask=m_k)
 
 
@@ -165,14 +157,14 @@ def frobenius_forward(x: torch.Tensor, eps: float, variant: str | None = None) -
     is_fp64 = x.dtype == torch.float64
     y = torch.empty_like(x)
     if variant == "fused":
-        torch.library.wrap_triton(_frobenius_fwd_fused_kernel)[(rows,)](
+        launch(_frobenius_fwd_fused_kernel)[(rows,)](
             x, y, k, float(eps), IS_FP64=is_fp64, BLOCK=block, num_warps=warps)
         return y
     chunks = triton.cdiv(k, block)
     sq = torch.empty((rows, chunks), device=x.device, dtype=torch.float64 if is_fp64 else torch.float32)
-    torch.library.wrap_triton(_partial_sums_kernel)[(chunks, rows)](
+    launch(_partial_sums_kernel)[(chunks, rows)](
         x, x, sq, sq, k, chunks, IS_FP64=is_fp64, HAS_G=False, BLOCK=block, num_warps=warps)
-    torch.library.wrap_triton(_frobenius_fwd_split_kernel)[(chunks, rows)](
+    launch(_frobenius_fwd_split_kernel)[(chunks, rows)](
         x, y, sq, k, chunks, float(eps), IS_FP64=is_fp64, BLOCK=block,
         BLOCK_S=min(1024, triton.next_power_of_2(chunks)), num_warps=warps)
     return y
@@ -203,16 +195,16 @@ def frobenius_backward(grad: torch.Tensor, x: torch.Tensor, eps: float,
     is_fp64 = x.dtype == torch.float64
     dx = torch.empty_like(x)
     if variant == "fused":
-        torch.library.wrap_triton(_frobenius_bwd_fused_kernel)[(rows,)](
+        launch(_frobenius_bwd_fused_kernel)[(rows,)](
             grad, x, dx, k, float(eps), IS_FP64=is_fp64, BLOCK=block, num_warps=warps)
         return dx
     chunks = triton.cdiv(k, block)
     acc_dtype = torch.float64 if is_fp64 else torch.float32
     sq = torch.empty((rows, chunks), device=x.device, dtype=acc_dtype)
     gx = torch.empty((rows, chunks), device=x.device, dtype=acc_dtype)
-    torch.library.wrap_triton(_partial_sums_kernel)[(chunks, rows)](
+    launch(_partial_sums_kernel)[(chunks, rows)](
         x, grad, sq, gx, k, chunks, IS_FP64=is_fp64, HAS_G=True, BLOCK=block, num_warps=warps)
-    torch.library.wrap_triton(_frobenius_bwd_split_kernel)[(chunks, rows)](
+    launch(_frobenius_bwd_split_kernel)[(chunks, rows)](
         grad, x, dx, sq, gx, k, chunks, float(eps), IS_FP64=is_fp64, BLOCK=block,
         BLOCK_S=min(1024, triton.next_power_of_2(chunks)), num_warps=warps)
     return dx

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from liptriton.kernels._helpers import INT32_LIMIT, launch, offsets, upcast
 
 __all__ = ["MAX_SORT_GROUP", "group_sort_backward", "group_sort_forward", "sort_supported"]
 
@@ -36,7 +37,6 @@ __all__ = ["MAX_SORT_GROUP", "group_sort_backward", "group_sort_forward", "sort_
 MAX_SORT_GROUP = 8192
 _TILE = 2048  # elements per program of the sorting kernel (BLOCK_R * GP)
 _PAIR_BLOCK = 1024  # rows per program of the pair kernel
-_INT32_LIMIT = 2**31  # offsets at or above this use int64 index math
 
 
 @triton.jit
@@ -46,60 +46,43 @@ def _row_base(o_r, G, inner):
 
 
 @triton.jit
-def _offsets(i_b, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    # int32 index math (a cheap division by `inner`) while every offset fits in int32.
-    o = i_b * BLOCK + tl.arange(0, BLOCK)
-    if INT64:
-        o = i_b.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    return o
-
-
-@triton.jit
-def _upcast(b):
-    # float16/bfloat16/float32 compute in float32; float64 stays float64.
-    if b.dtype != tl.float64:
-        b = b.to(tl.float32)
-    return b
-
-
-@triton.jit
-def _pair_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, BLOCK: tl.constexpr, INT64: tl.constexpr):
+def _pair_fwd_kernel(p_x, p_y, n_rows, inner, scale, BLOCK: tl.constexpr, INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
-    o_r = _offsets(i_r, BLOCK, INT64)
+    o_r = offsets(i_r, BLOCK, INT64)
     m_r = o_r < n_rows
-    p_a = _row_base(o_r, 2, inner)
-    b_a = _upcast(tl.load(x_ptr + p_a, mask=m_r))
-    b_b = _upcast(tl.load(x_ptr + p_a + inner, mask=m_r))
+    o_a = _row_base(o_r, 2, inner)
+    b_a = upcast(tl.load(p_x + o_a, mask=m_r))
+    b_b = upcast(tl.load(p_x + o_a + inner, mask=m_r))
     # Swap only when strictly out of order: ties keep their order (a stable sort of two).
     b_swap = b_a > b_b
     b_lo = tl.where(b_swap, b_b, b_a) * scale
     b_hi = tl.where(b_swap, b_a, b_b) * scale
-    tl.store(y_ptr + p_a, b_lo.to(y_ptr.dtype.element_ty), mask=m_r)
-    tl.store(y_ptr + p_a + inner, b_hi.to(y_ptr.dtype.element_ty), mask=m_r)
+    tl.store(p_y + o_a, b_lo.to(p_y.dtype.element_ty), mask=m_r)
+    tl.store(p_y + o_a + inner, b_hi.to(p_y.dtype.element_ty), mask=m_r)
 
 
 @triton.jit
-def _pair_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n_rows, inner, scale, BLOCK: tl.constexpr,
+def _pair_bwd_kernel(p_dy, p_x, p_dx, n_rows, inner, scale, BLOCK: tl.constexpr,
                      INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
-    o_r = _offsets(i_r, BLOCK, INT64)
+    o_r = offsets(i_r, BLOCK, INT64)
     m_r = o_r < n_rows
-    p_a = _row_base(o_r, 2, inner)
-    b_a = _upcast(tl.load(x_ptr + p_a, mask=m_r))
-    b_b = _upcast(tl.load(x_ptr + p_a + inner, mask=m_r))
+    o_a = _row_base(o_r, 2, inner)
+    b_a = upcast(tl.load(p_x + o_a, mask=m_r))
+    b_b = upcast(tl.load(p_x + o_a + inner, mask=m_r))
     b_swap = b_a > b_b  # the forward's decision, recomputed
-    b_dlo = _upcast(tl.load(dy_ptr + p_a, mask=m_r)) * scale
-    b_dhi = _upcast(tl.load(dy_ptr + p_a + inner, mask=m_r)) * scale
-    tl.store(dx_ptr + p_a, tl.where(b_swap, b_dhi, b_dlo).to(dx_ptr.dtype.element_ty), mask=m_r)
-    tl.store(dx_ptr + p_a + inner, tl.where(b_swap, b_dlo, b_dhi).to(dx_ptr.dtype.element_ty), mask=m_r)
+    b_dlo = upcast(tl.load(p_dy + o_a, mask=m_r)) * scale
+    b_dhi = upcast(tl.load(p_dy + o_a + inner, mask=m_r)) * scale
+    tl.store(p_dx + o_a, tl.where(b_swap, b_dhi, b_dlo).to(p_dx.dtype.element_ty), mask=m_r)
+    tl.store(p_dx + o_a + inner, tl.where(b_swap, b_dlo, b_dhi).to(p_dx.dtype.element_ty), mask=m_r)
 
 
 @triton.jit
-def _sorted_keys(x_ptr, p_x, m_x, o_j):
+def _sorted_keys(p_x, o_x, m_x, o_j):
     """Load a (BLOCK_R, GP) tile and sort it as packed (order key, position) int64 keys."""
-    b_x = tl.load(x_ptr + p_x, mask=m_x, other=0.0).to(tl.float32)
+    b_x = tl.load(p_x + o_x, mask=m_x, other=0.0).to(tl.float32)
     b_x = tl.where(b_x == 0.0, 0.0, b_x)  # -0.0 -> +0.0: zeros tie (and stay stable) as in torch
     b_bits = b_x.to(tl.int32, bitcast=True)
     # Negative floats order reversed as integers: flip their 31 magnitude bits.
@@ -110,36 +93,36 @@ def _sorted_keys(x_ptr, p_x, m_x, o_j):
 
 
 @triton.jit
-def _sort_fwd_kernel(x_ptr, y_ptr, n_rows, inner, scale, G: tl.constexpr, GP: tl.constexpr,
+def _sort_fwd_kernel(p_x, p_y, n_rows, inner, scale, G: tl.constexpr, GP: tl.constexpr,
                      BLOCK_R: tl.constexpr, INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
-    o_r = _offsets(i_r, BLOCK_R, INT64)
+    o_r = offsets(i_r, BLOCK_R, INT64)
     o_j = tl.arange(0, GP)
     m_x = (o_r < n_rows)[:, None] & (o_j < G)[None, :]
-    p_x = _row_base(o_r, G, inner)[:, None] + o_j[None, :].to(o_r.dtype) * inner
-    b_sorted = _sorted_keys(x_ptr, p_x, m_x, o_j)
+    o_x = _row_base(o_r, G, inner)[:, None] + o_j[None, :].to(o_r.dtype) * inner
+    b_sorted = _sorted_keys(p_x, o_x, m_x, o_j)
     b_key = (b_sorted >> 32).to(tl.int32)
     b_y = (b_key ^ ((b_key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True) * scale
-    tl.store(y_ptr + p_x, b_y.to(y_ptr.dtype.element_ty), mask=m_x)
+    tl.store(p_y + o_x, b_y.to(p_y.dtype.element_ty), mask=m_x)
 
 
 @triton.jit
-def _sort_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n_rows, inner, scale, G: tl.constexpr, GP: tl.constexpr,
+def _sort_bwd_kernel(p_dy, p_x, p_dx, n_rows, inner, scale, G: tl.constexpr, GP: tl.constexpr,
                      BLOCK_R: tl.constexpr, INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_r = tl.program_id(0)
-    o_r = _offsets(i_r, BLOCK_R, INT64)
+    o_r = offsets(i_r, BLOCK_R, INT64)
     o_j = tl.arange(0, GP)
     m_x = (o_r < n_rows)[:, None] & (o_j < G)[None, :]
-    p_row = _row_base(o_r, G, inner)[:, None]
-    p_x = p_row + o_j[None, :].to(o_r.dtype) * inner
-    b_sorted = _sorted_keys(x_ptr, p_x, m_x, o_j)
+    o_row = _row_base(o_r, G, inner)[:, None]
+    o_x = o_row + o_j[None, :].to(o_r.dtype) * inner
+    b_sorted = _sorted_keys(p_x, o_x, m_x, o_j)
     # Output position j holds input position perm[j]: scatter dy[j] to dx[perm[j]]. Real lanes
     # sort before padding, so the first G positions carry exactly the G real indices.
     b_perm = (b_sorted & 0xFFFFFFFF).to(o_r.dtype)
-    b_dy = tl.load(dy_ptr + p_x, mask=m_x, other=0.0).to(tl.float32) * scale
-    tl.store(dx_ptr + p_row + b_perm * inner, b_dy.to(dx_ptr.dtype.element_ty), mask=m_x)
+    b_dy = tl.load(p_dy + o_x, mask=m_x, other=0.0).to(tl.float32) * scale
+    tl.store(p_dx + o_row + b_perm * inner, b_dy.to(p_dx.dtype.element_ty), mask=m_x)
 
 
 def _as_3d(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int, int, int]:
@@ -182,7 +165,7 @@ def _check(x: torch.Tensor, group_size: int, dim: int, who: str) -> None:
 
 
 def _launch(fwd: bool, x: torch.Tensor, dy: torch.Tensor | None, group_size: int, dim: int,
-            scale: float, launch) -> torch.Tensor:
+            scale: float) -> torch.Tensor:
     x, outer, channels, inner = _as_3d(x, dim)
     out = torch.empty_like(x)
     n_rows = outer * (channels // group_size) * inner
@@ -193,7 +176,7 @@ def _launch(fwd: bool, x: torch.Tensor, dy: torch.Tensor | None, group_size: int
         return out.copy_(x if fwd else dy.contiguous()).mul_(scale)
     args = (x, out) if fwd else (dy.contiguous(), x, out)
     # Offsets (also of masked padding lanes) stay below 3 * numel: int32 index math below that.
-    int64 = 3 * x.numel() >= _INT32_LIMIT
+    int64 = 3 * x.numel() >= INT32_LIMIT
     if group_size == 2:
         # A Python float reaches the kernel as float32: float64 scales after, exactly.
         kernel_scale = 1.0 if x.dtype == torch.float64 else scale
@@ -213,12 +196,8 @@ def _launch(fwd: bool, x: torch.Tensor, dy: torch.Tensor | None, group_size: int
     return out
 
 
-def _direct(kernel):
-    return kernel
 
-
-def group_sort_forward(x: torch.Tensor, group_size: int, dim: int, scale: float = 1.0,
-                       launch=_direct) -> torch.Tensor:
+def group_sort_forward(x: torch.Tensor, group_size: int, dim: int, scale: float = 1.0) -> torch.Tensor:
     """Sort each group of ``group_size`` consecutive entries along ``dim``, times ``scale``.
 
     Args:
@@ -226,7 +205,6 @@ def group_sort_forward(x: torch.Tensor, group_size: int, dim: int, scale: float 
         group_size: G, divides ``x.shape[dim]``.
         dim: the sorted dimension, in [0, x.dim()).
         scale: multiplies the sorted values (in float32).
-        launch: wraps a kernel before its launch (``torch.library.wrap_triton`` in a triton_op).
 
     Returns:
         A contiguous tensor shaped like ``x``.
@@ -235,11 +213,10 @@ def group_sort_forward(x: torch.Tensor, group_size: int, dim: int, scale: float 
         >>> y = group_sort_forward(torch.randn(64, 256, 32, 32, device="cuda"), 4, 1)  # doctest: +SKIP
     """
     _check(x, group_size, dim, "group_sort_forward")
-    return _launch(True, x, None, group_size, dim, scale, launch)
+    return _launch(True, x, None, group_size, dim, scale)
 
 
-def group_sort_backward(dy: torch.Tensor, x: torch.Tensor, group_size: int, dim: int, scale: float = 1.0,
-                        launch=_direct) -> torch.Tensor:
+def group_sort_backward(dy: torch.Tensor, x: torch.Tensor, group_size: int, dim: int, scale: float = 1.0) -> torch.Tensor:
     """Gradient of :func:`group_sort_forward` w.r.t. ``x``: ``dy`` scattered back by the sort order.
 
     Args:
@@ -248,7 +225,6 @@ def group_sort_backward(dy: torch.Tensor, x: torch.Tensor, group_size: int, dim:
         group_size: G, as in the forward.
         dim: as in the forward.
         scale: as in the forward.
-        launch: as in :func:`group_sort_forward`.
 
     Returns:
         A contiguous tensor shaped like ``x``: ``dx``.
@@ -261,4 +237,4 @@ def group_sort_backward(dy: torch.Tensor, x: torch.Tensor, group_size: int, dim:
     if dy.shape != x.shape:
         raise ValueError(f"group_sort_backward: dy must have the shape {tuple(x.shape)} of x, "
                          f"got {tuple(dy.shape)}")
-    return _launch(False, x, dy, group_size, dim, scale, launch)
+    return _launch(False, x, dy, group_size, dim, scale)

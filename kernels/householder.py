@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from liptriton.kernels._helpers import acc, launch
 
 __all__ = ["householder_forward", "householder_backward", "HOUSEHOLDER_MAX_DIM"]
 
@@ -31,19 +32,11 @@ HOUSEHOLDER_MAX_DIM = 4096  # the (d, BLOCK_C) block lives in registers
 
 
 @triton.jit
-def _acc(x, IS_FP64: tl.constexpr):
-    if IS_FP64:
-        return x.to(tl.float64)
-    else:
-        return x.to(tl.float32)
-
-
-@triton.jit
 def _load_reflection(p_v, i, d, eps, o_d, m_d, IS_FP64: tl.constexpr):
     """Return (v_i, s_i, 1 if ||v_i||^2 >= eps else 0)."""
-    b_v = _acc(tl.load(p_v + i * d + o_d, mask=m_d, other=0.0), IS_FP64)
+    b_v = acc(tl.load(p_v + i * d + o_d, mask=m_d, other=0.0), IS_FP64)
     sq = tl.sum(b_v * b_v, axis=0)
-    eps = _acc(tl.cast(eps, tl.float64), IS_FP64)
+    eps = acc(tl.cast(eps, tl.float64), IS_FP64)
     return b_v, 2.0 / tl.maximum(sq, eps), (sq >= eps).to(sq.dtype)
 
 
@@ -60,7 +53,7 @@ def _apply_all(p_v, X, r, d, eps, o_d, m_d, IS_FP64: tl.constexpr):
 
 @triton.jit
 def _identity_block(o_d, o_c, m_c, IS_FP64: tl.constexpr):
-    return _acc(((o_d[:, None] == o_c[None, :]) & m_c[None, :]).to(tl.float32), IS_FP64)
+    return acc(((o_d[:, None] == o_c[None, :]) & m_c[None, :]).to(tl.float32), IS_FP64)
 
 
 @triton.jit
@@ -87,7 +80,7 @@ def _householder_bwd_kernel(p_v, p_g, p_dv, r, d, rows, cols, eps, IS_FP64: tl.c
     # Recompute X_1 (all d rows), then walk forward through the product undoing reflections.
     X = _apply_all(p_v, _identity_block(o_d, o_c, m_c, IS_FP64), r, d, eps, o_d, m_d, IS_FP64)
     # G_1: the output gradient, zero in the rows the forward dropped.
-    G = _acc(tl.load(p_g + o_d[:, None] * cols + o_c[None, :], mask=(o_d < rows)[:, None] & m_c[None, :],
+    G = acc(tl.load(p_g + o_d[:, None] * cols + o_c[None, :], mask=(o_d < rows)[:, None] & m_c[None, :],
                      other=0.0), IS_FP64)
     for k in range(0, r):
         b_v, s, unclamped = _load_reflection(p_v, k, d, eps, o_d, m_d, IS_FP64)
@@ -141,7 +134,7 @@ def householder_forward(v: torch.Tensor, rows: int, cols: int, eps: float,
     block_d, block_c, warps = _plan(v, rows, cols, 8192, "householder_forward", block_c)
     v = v.contiguous()
     out = torch.empty((rows, cols), device=v.device, dtype=v.dtype)
-    torch.library.wrap_triton(_householder_fwd_kernel)[(triton.cdiv(cols, block_c),)](
+    launch(_householder_fwd_kernel)[(triton.cdiv(cols, block_c),)](
         v, out, v.shape[0], v.shape[1], rows, cols, float(eps), IS_FP64=v.dtype == torch.float64,
         BLOCK_D=block_d, BLOCK_C=block_c, num_warps=warps)
     return out
@@ -173,7 +166,7 @@ def householder_backward(grad: torch.Tensor, v: torch.Tensor, rows: int, cols: i
     is_fp64 = v.dtype == torch.float64
     # Column blocks add their partial gradients atomically: start from zeros.
     dv = torch.zeros(v.shape, device=v.device, dtype=torch.float64 if is_fp64 else torch.float32)
-    torch.library.wrap_triton(_householder_bwd_kernel)[(triton.cdiv(cols, block_c),)](
+    launch(_householder_bwd_kernel)[(triton.cdiv(cols, block_c),)](
         v, grad, dv, v.shape[0], v.shape[1], rows, cols, float(eps), IS_FP64=is_fp64,
         BLOCK_D=block_d, BLOCK_C=block_c, num_warps=warps)
     return dv.to(v.dtype)

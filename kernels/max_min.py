@@ -15,9 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-# shared index and dtype helpers of the activation kernels
-from liptriton.kernels.group_sort import _INT32_LIMIT, _offsets, _upcast
+from liptriton.kernels._helpers import INT32_LIMIT, launch, offsets, upcast
 
 __all__ = ["max_min_backward", "max_min_forward"]
 
@@ -26,33 +24,33 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit
-def _max_min_fwd_kernel(x_ptr, y_ptr, n, slice_len, scale, BLOCK: tl.constexpr, INT64: tl.constexpr):
+def _max_min_fwd_kernel(p_x, p_y, n, slice_len, scale, BLOCK: tl.constexpr, INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_b = tl.program_id(0)
-    o_e = _offsets(i_b, BLOCK, INT64)
+    o_e = offsets(i_b, BLOCK, INT64)
     m_e = o_e < n
     # slice_len = C * inner: the positive half of an outer slice, then the negative half.
-    p_pos = (o_e // slice_len) * 2 * slice_len + o_e % slice_len
-    b_x = _upcast(tl.load(x_ptr + o_e, mask=m_e))
+    o_pos = (o_e // slice_len) * 2 * slice_len + o_e % slice_len
+    b_x = upcast(tl.load(p_x + o_e, mask=m_e))
     b_pos = tl.maximum(b_x, 0.0) * scale
     b_neg = tl.maximum(-b_x, 0.0) * scale
-    tl.store(y_ptr + p_pos, b_pos.to(y_ptr.dtype.element_ty), mask=m_e)
-    tl.store(y_ptr + p_pos + slice_len, b_neg.to(y_ptr.dtype.element_ty), mask=m_e)
+    tl.store(p_y + o_pos, b_pos.to(p_y.dtype.element_ty), mask=m_e)
+    tl.store(p_y + o_pos + slice_len, b_neg.to(p_y.dtype.element_ty), mask=m_e)
 
 
 @triton.jit
-def _max_min_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n, slice_len, scale, BLOCK: tl.constexpr,
+def _max_min_bwd_kernel(p_dy, p_x, p_dx, n, slice_len, scale, BLOCK: tl.constexpr,
                         INT64: tl.constexpr):
     scale = tl.cast(scale, tl.float32)  # a float64 scalar (Inductor) must not promote the math
     i_b = tl.program_id(0)
-    o_e = _offsets(i_b, BLOCK, INT64)
+    o_e = offsets(i_b, BLOCK, INT64)
     m_e = o_e < n
-    p_pos = (o_e // slice_len) * 2 * slice_len + o_e % slice_len
-    b_x = _upcast(tl.load(x_ptr + o_e, mask=m_e))
-    b_dpos = _upcast(tl.load(dy_ptr + p_pos, mask=m_e))
-    b_dneg = _upcast(tl.load(dy_ptr + p_pos + slice_len, mask=m_e))
+    o_pos = (o_e // slice_len) * 2 * slice_len + o_e % slice_len
+    b_x = upcast(tl.load(p_x + o_e, mask=m_e))
+    b_dpos = upcast(tl.load(p_dy + o_pos, mask=m_e))
+    b_dneg = upcast(tl.load(p_dy + o_pos + slice_len, mask=m_e))
     b_dx = (tl.where(b_x > 0, b_dpos, 0.0) - tl.where(b_x < 0, b_dneg, 0.0)) * scale
-    tl.store(dx_ptr + o_e, b_dx.to(dx_ptr.dtype.element_ty), mask=m_e)
+    tl.store(p_dx + o_e, b_dx.to(p_dx.dtype.element_ty), mask=m_e)
 
 
 def _slice_len(x: torch.Tensor, dim: int, who: str) -> int:
@@ -66,18 +64,14 @@ def _slice_len(x: torch.Tensor, dim: int, who: str) -> int:
     return inner  # C * inner
 
 
-def _direct(kernel):
-    return kernel
 
-
-def max_min_forward(x: torch.Tensor, dim: int, scale: float = 1.0, launch=_direct) -> torch.Tensor:
+def max_min_forward(x: torch.Tensor, dim: int, scale: float = 1.0) -> torch.Tensor:
     """``scale * cat(relu(x), relu(-x), dim)`` in one pass.
 
     Args:
         x: floating tensor.
         dim: the doubled dimension, in [0, x.dim()).
         scale: multiplies the output.
-        launch: wraps a kernel before its launch (``torch.library.wrap_triton`` in a triton_op).
 
     Returns:
         A contiguous tensor with ``2 * x.shape[dim]`` entries along ``dim``.
@@ -98,12 +92,11 @@ def max_min_forward(x: torch.Tensor, dim: int, scale: float = 1.0, launch=_direc
     kernel_scale = 1.0 if x.dtype == torch.float64 else scale
     grid = (triton.cdiv(n, _BLOCK),)
     launch(_max_min_fwd_kernel)[grid](x, y, n, slice_len, kernel_scale, BLOCK=_BLOCK,
-                                      INT64=4 * n >= _INT32_LIMIT, num_warps=4)
+                                      INT64=4 * n >= INT32_LIMIT, num_warps=4)
     return y.mul_(scale) if kernel_scale != scale else y
 
 
-def max_min_backward(dy: torch.Tensor, x: torch.Tensor, dim: int, scale: float = 1.0,
-                     launch=_direct) -> torch.Tensor:
+def max_min_backward(dy: torch.Tensor, x: torch.Tensor, dim: int, scale: float = 1.0) -> torch.Tensor:
     """Gradient of :func:`max_min_forward` w.r.t. ``x``.
 
     Args:
@@ -111,7 +104,6 @@ def max_min_backward(dy: torch.Tensor, x: torch.Tensor, dim: int, scale: float =
         x: the forward input.
         dim: as in the forward.
         scale: as in the forward.
-        launch: as in :func:`max_min_forward`.
 
     Returns:
         A contiguous tensor shaped like ``x``.
@@ -134,5 +126,5 @@ def max_min_backward(dy: torch.Tensor, x: torch.Tensor, dim: int, scale: float =
     kernel_scale = 1.0 if x.dtype == torch.float64 else scale
     grid = (triton.cdiv(n, _BLOCK),)
     launch(_max_min_bwd_kernel)[grid](dy, x, dx, n, slice_len, kernel_scale, BLOCK=_BLOCK,
-                                      INT64=4 * n >= _INT32_LIMIT, num_warps=4)
+                                      INT64=4 * n >= INT32_LIMIT, num_warps=4)
     return dx.mul_(scale) if kernel_scale != scale else dx

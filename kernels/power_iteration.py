@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from liptriton.kernels._helpers import launch
 
 __all__ = ["power_iteration_forward"]
 
@@ -197,7 +198,7 @@ def power_iteration_forward(w: torch.Tensor, u: torch.Tensor, n_iters: int, eps:
     block_m = min(64, triton.next_power_of_2(m))
     block_n = min(64, triton.next_power_of_2(n))
     if variant == "fused":
-        torch.library.wrap_triton(_power_iteration_fused_kernel)[(batch,)](
+        launch(_power_iteration_fused_kernel)[(batch,)](
             w, u, u_out, v_out, m, n, int(n_iters), eps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8)
     elif variant == "tiled":
         # Columns split finely for W^T u (each program streams a (m, BLOCK) column slab).
@@ -207,14 +208,14 @@ def power_iteration_forward(w: torch.Tensor, u: torch.Tensor, n_iters: int, eps:
         grid = (triton.cdiv(m, block_r), batch)
         x = u
         for _ in range(int(n_iters)):
-            torch.library.wrap_triton(_matvec_t_kernel)[grid_t](
+            launch(_matvec_t_kernel)[grid_t](
                 w, x, v_out, m, n, eps, BLOCK_M=block_m, BLOCK_N=block_c, num_warps=4)
-            torch.library.wrap_triton(_matvec_kernel)[grid](
+            launch(_matvec_kernel)[grid](
                 w, v_out, u_out, m, n, eps, BLOCK_M=block_r, BLOCK_N=block_n, num_warps=4)
             x = u_out
         # u_out = W v_raw / ||v_raw|| still needs its own normalization; v_out too.
-        torch.library.wrap_triton(_normalize_kernel)[(batch,)](u_out, m, eps, BLOCK=block_m, num_warps=4)
-        torch.library.wrap_triton(_normalize_kernel)[(batch,)](v_out, n, eps, BLOCK=block_n, num_warps=4)
+        launch(_normalize_kernel)[(batch,)](u_out, m, eps, BLOCK=block_m, num_warps=4)
+        launch(_normalize_kernel)[(batch,)](v_out, n, eps, BLOCK=block_n, num_warps=4)
     else:
         raise ValueError(f"power_iteration_forward: variant must be 'fused', 'tiled' or None, "
                          f"got {variant!r}")

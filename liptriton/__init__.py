@@ -8,11 +8,11 @@ Examples:
 """
 
 from liptriton import config, ops, parametrizations
-from liptriton.parametrizations import bjorck, frobenius, householder, spectral
+from liptriton._version import __version__
+from liptriton.parametrizations import aol, bjorck, frobenius, householder, spectral
 
-__version__ = "0.1.0"
-
-__all__ = ["config", "ops", "parametrizations", "bjorck", "frobenius", "householder", "spectral", "__version__"]
+__all__ = ["config", "ops", "parametrizations", "aol", "bjorck", "frobenius", "householder", "spectral",
+           "__version__"]
 
 from liptriton.nn.activations import FullSort, GroupSort, GroupSort2, HouseHolder, LPReLU, MaxMin  # noqa: E402
 

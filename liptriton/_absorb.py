@@ -31,19 +31,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from liptriton._origin import INSERTED
-from liptriton._rules import ConvexSum, Scaled, ScaledAdaptivePool
+from liptriton.nn.inserted import Scaled, ScaledAdaptivePool
+from liptriton.rules import is_constrained, is_homogeneous
 
 __all__ = ["NotRepresentable", "solve"]
 
-_AFFINE = (nn.Linear, nn.modules.conv._ConvNd)
 _BN = nn.modules.batchnorm._BatchNorm
-_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
-                nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
-                nn.LPPool3d, nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                nn.Dropout3d, nn.PixelShuffle, nn.PixelUnshuffle, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
-_HOMOGENEOUS_LIP = ("GroupSort", "GroupSort2", "FullSort", "MaxMin", "LPReLU", "HouseHolder", "LayerCentering",
-                    "LayerCentering2d", "ScaledL2NormPool2d", "InvertibleDownSampling", "InvertibleUpSampling")
 _HOMOGENEOUS_FN = {torch.relu, F.relu, F.leaky_relu, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d,
                    F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
                    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.flatten, torch.reshape,
@@ -114,6 +107,12 @@ def _arg_nodes(args) -> list[fx.Node]:
     return out
 
 
+def _liptriton_avg_pools() -> tuple[type, ...]:
+    from liptriton.nn.pooling import ScaledAdaptiveAvgPool2d, ScaledAvgPool2d
+
+    return ScaledAvgPool2d, ScaledAdaptiveAvgPool2d
+
+
 def _scaled_pool_factor(mod: nn.Module, node: fx.Node) -> float | None:
     """The constant factor of a liptriton pooling that scales a plain one (None: needs the input size)."""
     from liptriton.nn.pooling import ScaledAdaptiveAvgPool2d, ScaledAvgPool2d
@@ -125,9 +124,7 @@ def _scaled_pool_factor(mod: nn.Module, node: fx.Node) -> float | None:
         return None
     if isinstance(mod, ScaledAdaptiveAvgPool2d):
         return math.sqrt(meta.shape[-2] * meta.shape[-1]) * mod.k_coef_lip
-    name = type(mod.pool).__name__
-    nd = 3 if name.endswith("3d") else 2 if name.endswith("2d") else 1
-    return 1.0 / mod.factor(tuple(meta.shape[-nd:]))
+    return 1.0 / mod.factor(tuple(meta.shape[-mod.nd:]))
 
 
 class _Solver:
@@ -223,12 +220,12 @@ class _Solver:
         orig = _get(self.skeleton, node.target)
         what = type(mod).__name__
         if orig is None:
-            if isinstance(mod, ConvexSum) or type(mod).__name__ == "LipResidual":
+            if callable(getattr(mod, "convex_weights", None)):  # ConvexSum, LipResidual
                 self.convex(node, mod)
             else:
                 self.problems.append((_where(node), f"{what} ({node.target}) is not in the user's architecture"))
             return
-        if isinstance(mod, _AFFINE) and type(mod) is type(orig):
+        if is_constrained(mod) and type(mod) is type(orig):
             calls = self.affine.setdefault(node.target, [])
             if calls:  # a shared layer: one weight for every call
                 self.tie(node, calls[0], 0.0, node, f"{node.target} is called twice")
@@ -238,8 +235,7 @@ class _Solver:
         if isinstance(mod, Scaled) and type(mod.module) is type(orig):
             self.scaled(node, mod.module, mod.scale, f"{type(orig).__name__} scaled by {mod.scale:.6g}")
         elif isinstance(mod, ScaledAdaptivePool) and type(mod.pool) is type(orig) or (
-                type(mod).__name__ in ("ScaledAvgPool2d", "ScaledAdaptiveAvgPool2d")
-                and type(orig) in (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+                isinstance(mod, _liptriton_avg_pools()) and type(orig) in (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
             factor = _scaled_pool_factor(mod, node)
             if factor is None:
                 self.problems.append((_where(node), f"{what}: its factor depends on the input size: pass "
@@ -251,7 +247,7 @@ class _Solver:
                 self.problems.append((_where(node), f"{type(orig).__name__} {node.target} uses batch statistics "
                                                  "(track_running_stats=False): it is not an identity"))
             self.passes(node)
-        elif type(mod) is type(orig) and (isinstance(mod, ConvexSum) or what == "LipResidual"):
+        elif type(mod) is type(orig) and callable(getattr(mod, "convex_weights", None)):
             self.passes(node, 0.0, f"the user's own {what} of terms with different factors")  # linear
         elif type(mod) is type(orig):
             self.scaled(node, mod, 1.0, what)
@@ -260,7 +256,7 @@ class _Solver:
                                              f"{what}: the user's architecture computes another function"))
 
     def scaled(self, node: fx.Node, inner: nn.Module, scale: float, what: str) -> None:
-        if isinstance(inner, _HOMOGENEOUS) or type(inner).__name__ in _HOMOGENEOUS_LIP:
+        if is_homogeneous(inner):
             self.passes(node, math.log(scale), what)
         else:
             for a in self.inputs(node):
@@ -268,11 +264,7 @@ class _Solver:
             self.tie(node, _Factors.ONE, math.log(scale), node, what)
 
     def convex(self, node: fx.Node, mod: nn.Module) -> None:
-        if isinstance(mod, ConvexSum):
-            weights = mod.weights().detach().double().abs().tolist()
-        else:
-            a = float(torch.sigmoid(mod.alpha.detach().double()))
-            weights = [a, 1.0 - a]
+        weights = mod.convex_weights()
         terms = [a for a in _arg_nodes(node.args)]
         for w, term in zip(weights, terms):
             if w <= 0 or term.name not in self.depends:

@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_leaves
 
 from liptriton._absorb import NotRepresentable, _get, solve
 from liptriton._origin import FOLDED, ORIGIN, Origin, instantiate
-from liptriton._rules import ConvexSum, Scaled, ScaledAdaptivePool
+from liptriton.nn.inserted import ConvexSum, Scaled, ScaledAdaptivePool
 
 __all__ = ["first_input", "is_converted", "qualname", "to_user_architecture", "user_architecture"]
 
@@ -111,7 +111,7 @@ def to_user_architecture(baked: fx.GraphModule, origin: Origin) -> tuple[dict[st
             used.add(source)
     for key in sorted(set(found) - used):
         path = key.rpartition(".")[0]
-        inserted = isinstance(_get(baked, path), ConvexSum) or type(_get(baked, path)).__name__ == "LipResidual"
+        inserted = callable(getattr(_get(baked, path), "convex_weights", None))  # ConvexSum, LipResidual
         if not (inserted and _get(origin.skeleton, path) is None):
             problems.append((key, "a tensor of the converted model with no place in the user's architecture"))
     for key, value in list(state.items()):

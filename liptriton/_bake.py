@@ -1,7 +1,9 @@
-"""The pieces of baking: private copies of a parametrized model, converged states, plain layers.
+"""Baking: parametrized tensors become plain ones, through one path.
 
-Used by :mod:`liptriton.export` (bake, save) and :mod:`liptriton._origin` (the skeleton of the
-user's architecture).
+:func:`baked_tensors` reads what the parametrizations compute in eval mode (each converged
+once, by its own ``converge()``); :func:`bake_in_place` puts those tensors in place of the
+parametrizations. certify, export (bake, save), ``vanilla_model`` / ``plain_torch_layer`` and
+:mod:`liptriton.utils` (``remove_*``) all bake through them.
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from liptriton.parametrizations._base import ConvNormState, LipschitzParametrization
-from liptriton.parametrizations.bjorck import Bjorck
+from liptriton.parametrizations._base import ConvNormState
 
-__all__ = ["converge", "drop_stale_hooks", "observe", "own_classes", "plainify"]
+__all__ = ["bake_in_place", "baked_tensors", "drop_stale_hooks", "observe", "plainify"]
 
 
 def drop_stale_hooks(model: nn.Module) -> None:
@@ -39,17 +40,6 @@ def drop_stale_hooks(model: nn.Module) -> None:
                     m._forward_hooks_with_kwargs.pop(hid, None)
 
 
-def own_classes(model: nn.Module) -> None:
-    """Give every parametrized module of a deepcopy its own class: deepcopy shares the dynamically
-    created ``Parametrized<Layer>`` class with the original, and removing a parametrization deletes
-    its property from that class (it would break the original model)."""
-    for m in model.modules():
-        if parametrize.is_parametrized(m):
-            cls = type(m)
-            body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-            m.__class__ = type(cls.__name__, cls.__bases__, body)
-
-
 def observe(model: nn.Module, example_input: Tensor | tuple) -> None:
     """One eval forward of ``example_input`` that tells every conv state its input size."""
     handles = []
@@ -69,28 +59,93 @@ def observe(model: nn.Module, example_input: Tensor | tuple) -> None:
             h.remove()
 
 
-def converge(p: LipschitzParametrization, w: Tensor, steps: int | None) -> None:
-    """Re-run the power iterations of ``p`` (``steps``, else its ``n_iters_init``) from its current
-    state; Björck layers also take the extra steps that still make the weight more orthogonal."""
-    w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
-    p.converge_states(w, steps)
-    if isinstance(p, Bjorck):
-        p.eval_extra = p.extra_steps(w)
-        if p.eval_extra and isinstance(getattr(p, "conv", None), ConvNormState):
-            p.converge_states(w, steps)  # the operator norm of the more orthogonal kernel
-    p._cache = None
+def baked_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """The tensors ``module``'s parametrizations compute in eval mode, detached: the one place a
+    constrained weight becomes a plain one.
+
+    Switching a training module to eval converges each parametrization once
+    (:meth:`~liptriton.parametrizations.LipschitzParametrization.converge`); the module is put
+    back in its mode.
+
+    Args:
+        module: a parametrized module.
+
+    Returns:
+        ``{tensor name: value}`` for every parametrized tensor.
+
+    Examples:
+        >>> import torch, liptriton
+        >>> sorted(baked_tensors(liptriton.spectral(torch.nn.Linear(3, 2))))
+        ['weight']
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+    finally:
+        module.train(was_training)
+
+
+def bake_in_place(module: nn.Module, names: tuple[str, ...] | None = None, *, compute: bool = True) -> nn.Module:
+    """Replace the parametrizations of ``module`` (all, or ``names``) by the tensors they compute.
+
+    Each tensor's original parameter object keeps its identity (optimizers holding it still
+    work) and receives the baked value. When no parametrization is left, the module gets back
+    its class before parametrization (``parametrize.type_before_parametrizations``) instead of
+    deleting properties from the parametrized class, which a deep copy shares with the original
+    model.
+
+    Args:
+        module: a parametrized module.
+        names: the tensors to bake (None: all).
+        compute: False keeps the unconstrained originals instead (a structure-only copy, e.g. of
+            meta tensors).
+
+    Returns:
+        ``module``.
+
+    Examples:
+        >>> import torch, liptriton
+        >>> lin = bake_in_place(liptriton.bjorck(torch.nn.Linear(3, 3)))
+        >>> type(lin).__name__, parametrize.is_parametrized(lin)
+        ('Linear', False)
+    """
+    names = tuple(module.parametrizations) if names is None else names
+    plists = module.parametrizations
+    if compute:
+        values = {name: value for name, value in baked_tensors(module).items() if name in names}
+    else:
+        values = {name: plists[name].original for name in names if plists[name].is_tensor}
+    originals = {name: plists[name].original if plists[name].is_tensor else None for name in names}
+    if set(names) == set(plists):
+        module.__class__ = parametrize.type_before_parametrizations(module)
+        del module._modules["parametrizations"]
+    else:
+        for name in names:
+            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    with torch.no_grad():
+        for name, value in values.items():
+            original = originals[name]
+            if original is not None and original.shape == value.shape and original.dtype == value.dtype:
+                original.copy_(value)
+                value = original
+            if hasattr(module, name):
+                delattr(module, name)
+            if isinstance(original, nn.Parameter):
+                module.register_parameter(name, value if isinstance(value, nn.Parameter) else nn.Parameter(value))
+            else:
+                module.register_buffer(name, value)
+    return module
 
 
 def plainify(module: nn.Module) -> nn.Module:
-    """Replace liptriton layers by their plain export (``vanilla_export``), recursively."""
-    export = getattr(module, "vanilla_export", None)
-    if callable(export):
-        try:
-            new = export()
-        except NotImplementedError:
-            new = module
-        if isinstance(new, nn.Module) and new is not module:
-            return plainify(new)
+    """Replace modules by their plain form (:func:`liptriton.rules.plain_form`), recursively."""
+    from liptriton.rules import plain_form
+
+    new = plain_form(module)
+    if isinstance(new, nn.Module) and new is not module:
+        return plainify(new)
     for name, child in list(module.named_children()):
         if name == "parametrizations" and parametrize.is_parametrized(module):
             continue

@@ -11,7 +11,7 @@ from torch import Tensor, fx, nn
 from torch.autograd import forward_ad as fwAD
 from torch.fx.passes.shape_prop import ShapeProp
 
-from liptriton._bounds import NodeBound
+from liptriton._propagate import NodeBound
 from liptriton._fn_rules_basic import VALUE_KEY, RuleContext
 
 __all__ = ["LOW_PRECISION_RTOL", "SOUNDNESS_RTOL", "check_finite", "check_runs", "check_sound", "record_shapes"]

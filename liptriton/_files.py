@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from liptriton._version import __version__
+
 __all__ = [
     "CHECKPOINT_FORMAT", "EXPORT_FORMAT", "FORMAT_VERSION", "check_folder", "check_state", "check_user_metadata", "cpu_tensors",
     "digest", "read", "versions", "write",
@@ -51,8 +53,6 @@ def digest(tensors: dict[str, Tensor], header: dict[str, str]) -> str:
 
 def versions() -> dict[str, str]:
     """The versions recorded in every file."""
-    from liptriton import __version__
-
     return {"liptriton_version": __version__, "torch_version": torch.__version__}
 
 

@@ -1,6 +1,6 @@
 """Lipschitz rules of torch.fx ``call_function`` / ``call_method`` / ``get_attr``-like nodes.
 
-Used by :func:`liptriton._bounds.propagate`. A rule takes the node and a :class:`RuleContext`
+Used by :func:`liptriton._propagate.propagate`. A rule takes the node and a :class:`RuleContext`
 and returns ``(local, bound, note)``: the node's own constant, the bound of its value as a
 function of the model input, and how it was obtained. Sound by construction:
 
@@ -35,6 +35,7 @@ from liptriton._fn_rules_basic import (
     smul,
     unary,
 )
+from liptriton.bounds.activations import FUNCTION_CONSTANTS
 
 __all__ = ["METHOD_RULES", "RANDOM", "RANDOM_METHODS", "RULES", "RuleContext", "function_rule", "smul"]
 
@@ -82,10 +83,6 @@ def _threshold(node, ctx):
     if ctx.arg(node, "threshold", 1, None) != ctx.arg(node, "value", 2, None):
         return INF, INF, "threshold with value != threshold jumps (discontinuous)"
     return unary(node, ctx, 1.0, "continuous threshold (= max(x, t))")
-
-
-def _gelu(node, ctx):
-    return unary(node, ctx, 1.129, "max |f'|")
 
 
 def _add(node, ctx):
@@ -226,12 +223,9 @@ _register(_const(1.0, "1-Lipschitz"),
            F.hardtanh, F.softplus, F.softsign, F.logsigmoid, F.tanhshrink, F.softshrink, torch.sin, torch.cos,
            torch.atan, F.softmax, torch.softmax, torch.nn.functional.celu, F.hardsigmoid),
           ("relu", "tanh", "abs", "neg", "softmax", "sin", "cos", "atan"))
-_register(_const(0.25, "max |f'|"), (torch.sigmoid, F.sigmoid), ("sigmoid",))
-_register(_gelu, (F.gelu,))
-_register(_const(1.0999, "max |f'|"), (F.silu,))
-_register(_const(1.0885, "max |f'|"), (F.mish,))
-_register(_const(1.5, "max |f'|"), (F.hardswish,))
-_register(_const(1.7581, "max |f'|"), (torch.selu, F.selu))
+for _fn, _c in FUNCTION_CONSTANTS.items():  # the activations' constants, stated once (liptriton.bounds.activations)
+    _register(_const(_c, "max |f'|"), (_fn,))
+_register(_const(FUNCTION_CONSTANTS[torch.sigmoid], "max |f'|"), (), ("sigmoid",))
 _register(_leaky_relu, (F.leaky_relu,))
 _register(_elu, (F.elu,))
 _register(_threshold, (F.threshold,))

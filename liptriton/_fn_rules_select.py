@@ -103,7 +103,7 @@ def expand(node, ctx):
 
 
 def pool(node, ctx):
-    from liptriton._rules import adaptive_windows_bound, window_overlap
+    from liptriton.bounds.pooling import adaptive_windows_bound, window_overlap
 
     fn, args = node.target, node.args
     name = fn.__name__

@@ -1,5 +1,5 @@
 """Writes in place in a traced graph: which nodes write into their input, which nodes may alias
-the same storage, and how :func:`liptriton._bounds.propagate` accounts for a write (the written
+the same storage, and how :func:`liptriton._propagate.propagate` accounts for a write (the written
 tensor's bound follows the write; a tensor aliasing it and read afterwards gets ``inf`` unless
 the write cannot increase any entry's change).
 """

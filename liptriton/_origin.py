@@ -70,16 +70,14 @@ def record_origin(model: nn.Module) -> Origin:
         >>> record_origin(torch.nn.Linear(2, 3)).skeleton.weight.device.type
         'meta'
     """
-    from liptriton._bake import drop_stale_hooks, own_classes, plainify
+    from liptriton._bake import bake_in_place, drop_stale_hooks, plainify
 
     try:
         skeleton = _meta_copy(model)
-        own_classes(skeleton)
         drop_stale_hooks(skeleton)
         for m in list(skeleton.modules()):
             if parametrize.is_parametrized(m):
-                for name in list(m.parametrizations.keys()):
-                    parametrize.remove_parametrizations(m, name, leave_parametrized=False)
+                bake_in_place(m, compute=False)
         skeleton = plainify(skeleton)
     except Exception as err:  # noqa: BLE001 (user modules may refuse deepcopy: no skeleton, said why)
         return Origin(_qualname(model), None, f"the model could not be copied ({type(err).__name__}: {err})")

@@ -1,8 +1,8 @@
 """certify(model, x): a proven upper bound and a measured lower bound of a model's l2 Lipschitz constant.
 
-The upper bound is propagated through the model's torch.fx graph from guaranteed per-node
-constants (see :mod:`liptriton._bounds`): dense layers by float64 SVD of the weight the layer
-applies, convolutions by :func:`liptriton.ops.conv_bound.conv_norm_bound` at the input's size
+The upper bound is propagated through the model's torch.fx graph (:mod:`liptriton._propagate`) from
+guaranteed per-node constants (modules by their rule in :mod:`liptriton.rules`): dense layers by float64 SVD of the weight the layer
+applies, convolutions by :func:`liptriton.bounds.conv_bound.conv_norm_bound` at the input's size
 (exact for small operators, a circular-embedding bound otherwise), never by the layers' own
 power-iteration estimates; functions and methods by the rules of :mod:`liptriton._fn_rules`,
 each accounting for every input that can change its value (discontinuous, random and unknown
@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from liptriton._bounds import TRACE_ERRORS, LeafTracer, NodeBound, propagate
+from liptriton._bake import bake_in_place
+from liptriton._propagate import TRACE_ERRORS, LeafTracer, NodeBound, propagate
 from liptriton._certify_checks import check_finite, check_runs, check_sound, record_shapes
 from liptriton._lower import jacobian_lower_bound
 from liptriton.metrics import certified_radius
@@ -59,7 +60,7 @@ class Certificate:
         upper: proven upper bound of the l2 Lipschitz constant (``inf`` when a node has none).
         lower: measured lower bound (Jacobian norms / secants at sample points).
         ratio: ``upper / lower`` (tightness; 1 is exact).
-        nodes: the per-node table (:class:`~liptriton._bounds.NodeBound` rows).
+        nodes: the per-node table (:class:`~liptriton._propagate.NodeBound` rows).
         unbounded: ``(node, reason)`` for every node whose own constant is infinite.
         radii: per-sample certified l2 radii of the example input's predictions (margins
             divided by ``upper``, see :func:`liptriton.metrics.certified_radius`), or None.
@@ -92,20 +93,6 @@ class Certificate:
         return "\n".join(lines)
 
 
-def _bake(mod: nn.Module) -> None:
-    """Replace ``mod``'s parametrizations by the tensors they compute, without touching its class.
-
-    ``parametrize.remove_parametrizations`` deletes the property from the parametrized class,
-    which a deep copy shares with the original: the original would lose its weight. Here the
-    copy is switched to the plain base class instead.
-    """
-    values = {name: getattr(mod, name).detach().clone() for name in mod.parametrizations}
-    mod.__class__ = type(mod).__bases__[0]
-    del mod._modules["parametrizations"]
-    for name, value in values.items():
-        mod.register_parameter(name, nn.Parameter(value))
-
-
 def _baked_copy(model: nn.Module) -> nn.Module:
     """float64 eval-mode copy of ``model`` with every parametrization replaced by the weight it computes.
 
@@ -113,10 +100,9 @@ def _baked_copy(model: nn.Module) -> nn.Module:
     the copy is, so the certificate is about the weights the model uses in eval.
     """
     dup = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for mod in list(dup.modules()):
-            if parametrize.is_parametrized(mod):
-                _bake(mod)
+    for mod in list(dup.modules()):
+        if parametrize.is_parametrized(mod):
+            bake_in_place(mod)
     return dup.double()
 
 

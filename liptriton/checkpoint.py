@@ -78,10 +78,8 @@ def _constraints(model: nn.Module) -> dict[str, list]:
 def _state_flags(model: nn.Module) -> dict[str, dict]:
     flags = {}
     for path, m in model.named_modules():
-        if isinstance(m, MatrixNormState):
-            flags[path] = {"fresh": bool(m.fresh)}
-        elif isinstance(m, ConvNormState):
-            flags[path] = {"fresh": bool(m.fresh), "observed": bool(m.observed)}
+        if isinstance(m, (MatrixNormState, ConvNormState)):
+            flags[path] = m.flags()
     return flags
 
 
@@ -189,12 +187,10 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
     for p, flags in meta.get("state_flags", {}).items():
-        sub = model.get_submodule(p)
-        for name, value in flags.items():
-            setattr(sub, name, bool(value))
+        model.get_submodule(p).load_flags(flags)
     for m in model.modules():
         if isinstance(m, LipschitzParametrization):
-            m._cache = None
+            m.invalidate()
     if saved_opt is not None:
         optimizer.load_state_dict(saved_opt)
     if restore_rng and "rng/cpu" in tensors:

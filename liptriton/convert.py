@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from liptriton._bounds import TRACE_ERRORS, LeafTracer, propagate
+from liptriton._propagate import TRACE_ERRORS, LeafTracer, propagate
+from liptriton._fold_batchnorm import fold_batchnorm
 from liptriton._origin import INSERTED, ORIGIN, record_origin
-from liptriton._rules import convert_module, fold_batchnorm
-from liptriton.parametrizations import bjorck, frobenius, householder, spectral
+from liptriton.bounds.activations import FUNCTION_CONSTANTS
+from liptriton.parametrizations import METHODS
+from liptriton.rules import convert_module, is_constrained
 
 __all__ = ["ConversionReport", "lipschitzify"]
 
-_METHODS = {"bjorck": bjorck, "spectral": spectral, "frobenius": frobenius, "householder": householder}
 _CHOICES = {"batchnorm": ("fold", "remove", "error"), "pooling": ("scaled", "l2", "keep"),
             "activations": ("scale", "groupsort", "keep"), "maxpool": ("scale", "keep"),
             "dropout": ("keep", "remove"), "residual": ("convex", "keep")}
@@ -83,18 +84,14 @@ class ConversionReport:
 def _check(k, method, strict, inplace, options) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
         raise ValueError(f"lipschitzify: k must be a finite number > 0, got {k!r}")
-    if method not in _METHODS:
-        raise ValueError(f"lipschitzify: method must be one of {tuple(_METHODS)}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"lipschitzify: method must be one of {tuple(METHODS)}, got {method!r}")
     for name, value in options.items():
         if value not in _CHOICES[name]:
             raise ValueError(f"lipschitzify: {name} must be one of {_CHOICES[name]}, got {value!r}")
     for name, value in (("strict", strict), ("inplace", inplace)):
         if not isinstance(value, bool):
             raise TypeError(f"lipschitzify: {name} must be a bool, got {type(value).__name__}")
-
-
-def _is_layer(mod: nn.Module) -> bool:
-    return isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd))
 
 
 def _depends(gm: fx.GraphModule) -> set[str]:
@@ -107,8 +104,8 @@ def _depends(gm: fx.GraphModule) -> set[str]:
 
 
 def _rewrite_residuals(gm: fx.GraphModule, report: ConversionReport) -> None:
-    from liptriton._rules import ConvexSum
     from liptriton.nn.containers import LipResidual
+    from liptriton.nn.inserted import ConvexSum
 
     depends = _depends(gm)
     count = 0
@@ -141,7 +138,7 @@ def _depth(gm: fx.GraphModule) -> int:
     depth: dict[str, int] = {}
     for node in gm.graph.nodes:
         d = max((depth[a.name] for a in node.all_input_nodes), default=0)
-        if node.op == "call_module" and _is_layer(gm.get_submodule(node.target)):
+        if node.op == "call_module" and is_constrained(gm.get_submodule(node.target)):
             d += 1
         depth[node.name] = d
     return max(max(depth.values(), default=1), 1)
@@ -180,7 +177,8 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
     Args:
         model: the model (any nn.Linear / nn.ConvNd / nn.ConvTransposeNd architecture).
         k: the Lipschitz constant of the whole model (> 0).
-        method: "bjorck", "spectral", "frobenius" (whole-matrix norm) or "householder".
+        method: "bjorck", "spectral", "frobenius" (whole-matrix norm), "householder" or "aol"
+            (any name of :data:`liptriton.parametrizations.METHODS`).
         strict: raise a ValueError listing what prevents a guarantee (else warn).
         inplace: constrain the model's own layers instead of a deep copy. The rewritten
             graph (residuals, output scale) lives in the returned module: always use it.
@@ -225,14 +223,14 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
     origin = record_origin(model)
     target = model if inplace else copy.deepcopy(model)
     report = ConversionReport()
-    ctx = {**options, "method": _METHODS[method], "method_kwargs": method_kwargs, "layer_k": float(k)}
+    ctx = {**options, "method": METHODS[method], "method_kwargs": method_kwargs, "layer_k": float(k)}
     try:
         gm = fx.GraphModule(target, LeafTracer().trace(target))
     except TRACE_ERRORS as err:  # tracing runs user code: a failure means module-by-module conversion
         report.block("<model>", f"torch.fx could not trace the model ({type(err).__name__}: {err}); converted "
                                 "module by module: functional operations in forward (residual additions, "
                                 "...) are not covered")
-        layers = [m for m in target.modules() if _is_layer(m)]
+        layers = [m for m in target.modules() if is_constrained(m)]
         ctx["layer_k"] = float(k) ** (1.0 / max(len(layers), 1))
         report.layer_k = ctx["layer_k"]
         _convert_untraced(target, report, ctx)
@@ -284,10 +282,10 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
 def _check_function(gm: fx.GraphModule, node: fx.Node, report: ConversionReport, activations: str,
                     depends: set[str]) -> None:
     """Report functions with no finite constant; scale functional activations above 1."""
-    from liptriton._bounds import _FN_CONST, _function_rule
+    from liptriton._propagate import _function_rule
 
-    if node.target in _FN_CONST and activations == "scale":
-        c = _FN_CONST[node.target]
+    if node.target in FUNCTION_CONSTANTS and activations == "scale":
+        c = FUNCTION_CONSTANTS[node.target]
         with gm.graph.inserting_after(node):
             scaled = gm.graph.call_function(operator.mul, (node, 1.0 / c))
         scaled.meta[INSERTED] = "activation scale"

@@ -11,7 +11,6 @@ a SHA-256). Training checkpoints (the unbaked state) are in :mod:`liptriton.chec
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 import os
 import warnings
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from liptriton._architecture import is_converted, user_architecture
-from liptriton._bake import converge, drop_stale_hooks, observe, own_classes, plainify
+from liptriton._bake import bake_in_place, drop_stale_hooks, observe, plainify
 from liptriton._files import (
     EXPORT_FORMAT,
     FORMAT_VERSION,
@@ -34,12 +33,10 @@ from liptriton._files import (
     versions,
     write,
 )
-from liptriton.ops.conv_operator import conv_operator_norm
-from liptriton.parametrizations._base import (
-    ConvNormState,
-    LipschitzParametrization,
-    check_iters,
-)
+from liptriton.bounds.conv_operator import conv_operator_norm
+from liptriton.certify import certify
+from liptriton.parametrizations._base import ConvNormState, LipschitzParametrization
+from liptriton.parametrizations._checks import check_iters
 from liptriton.parametrizations.bjorck import Bjorck
 
 __all__ = ["FORMAT_VERSION", "bake", "load", "load_metadata", "save"]
@@ -53,7 +50,6 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
     baked = copy.deepcopy(model)
     modes = {name: m.training for name, m in baked.named_modules()}
     baked.eval()
-    own_classes(baked)
     drop_stale_hooks(baked)
     if example_input is not None:
         observe(baked, example_input)
@@ -64,11 +60,12 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
                 continue
             for name, plist in module.parametrizations.items():
                 x = plist.original if plist.is_tensor else None
-                entry = {"name": f"{path}.{name}" if path else name, "module": type(module).__mro__[1].__name__,
+                entry = {"name": f"{path}.{name}" if path else name,
+                         "module": parametrize.type_before_parametrizations(module).__name__,
                          "constraints": [], "k": None, "bound": None}
                 for p in plist:
                     if x is not None and isinstance(p, LipschitzParametrization):
-                        converge(p, x, power_iters)
+                        p.converge(x, power_iters)
                     entry["constraints"].append(type(p).__name__)
                     if isinstance(p, LipschitzParametrization):
                         entry["k"], entry["bound"] = p.k, p.lipschitz_bound()
@@ -90,8 +87,7 @@ def _bake(model: nn.Module, example_input, power_iters: int | None) -> tuple[nn.
     baked = plainify(baked)
     for m in list(baked.modules()):  # what has no plain counterpart keeps its class, weights baked
         if parametrize.is_parametrized(m):
-            for name in list(m.parametrizations.keys()):
-                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+            bake_in_place(m)
     for name, m in baked.named_modules():  # each module back in its mode (plain modules: no side effect)
         m.training = modes.get(name, model.training)
     state = baked.state_dict()
@@ -146,16 +142,11 @@ def _bound(baked: nn.Module, layers: list[dict], example_input) -> dict:
             note = "liptriton.certify takes one input tensor; "
         example_input = example_input[0] if len(example_input) == 1 else None
     if example_input is not None:
-        try:
-            certify = importlib.import_module("liptriton.certify").certify
-        except (ImportError, AttributeError) as err:
-            note = f"liptriton.certify unavailable ({err}); "
-        else:
-            cert = certify(baked, example_input)
-            out = {"kind": "certified", "upper": float(cert.upper), "input_shape": list(example_input.shape)}
-            if getattr(cert, "lower", None) is not None:
-                out["lower"] = float(cert.lower)
-            return out
+        cert = certify(baked, example_input)
+        out = {"kind": "certified", "upper": float(cert.upper), "input_shape": list(example_input.shape)}
+        if getattr(cert, "lower", None) is not None:
+            out["lower"] = float(cert.lower)
+        return out
     value = math.prod(entry.get("constraint_bound", entry["bound"]) for entry in layers) if layers else None
     return {"kind": "product_of_layer_bounds", "value": value,
             "note": note + "product of the constrained layers' bounds: the model's bound only for a chain of "
@@ -180,8 +171,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, example_input: Tensor | t
     Metadata (JSON strings): ``format``, ``format_version``, ``liptriton_version``, ``torch_version``,
     ``architecture`` (``class``: the model class the weights are for; what it was written for),
     ``layers`` (per constrained tensor: key, constraints, k, ``bound`` of the file's weight, the
-    ``absorbed_factor`` and the ``constraint_bound`` before it, measured norm, conv input size), ``bound`` (with ``example_input`` and
-    liptriton.certify available: the certified upper bound of the file's model,
+    ``absorbed_factor`` and the ``constraint_bound`` before it, measured norm, conv input size),
+    ``bound`` (with ``example_input``: the certified upper bound of the file's model,
     ``kind="certified"``; else the product of the layers' bounds, labelled
     ``kind="product_of_layer_bounds"``), ``user`` (``metadata``) and ``sha256``.
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils import parametrize
 
+from liptriton._bake import bake_in_place
 from liptriton._evaluate import evaluate_lip_const
-from liptriton.ops.sqrt_eps import sqrt_with_gradeps
+from liptriton.functional.sqrt_with_gradeps import sqrt_with_gradeps
 from liptriton.parametrizations import bjorck, frobenius, spectral
 
 __all__ = [
@@ -109,8 +110,7 @@ def lconv_norm(module: nn.Conv1d | nn.Conv2d, name: str = "weight") -> nn.Conv1d
 def _remove(fn: str, module: nn.Module, name: str) -> nn.Module:
     if not parametrize.is_parametrized(module, name):
         raise ValueError(f"{fn}: {type(module).__name__}.{name} has no parametrization to remove")
-    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    return module
+    return bake_in_place(module, (name,))
 
 
 def remove_bjorck_norm(module: nn.Module, name: str = "weight") -> nn.Module:

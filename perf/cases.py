@@ -17,6 +17,7 @@ from perf import providers as P
 from perf.makers import (
     ACT_PROVIDERS,
     BJORCK_ITERS,
+    PARAMETRIZATION_PROVIDERS,
     LOSS_PROVIDERS,
     OP_PROVIDERS,
     Maker,
@@ -26,7 +27,9 @@ from perf.makers import (
     make_hkr,
     make_hkr_multiclass,
     make_householder,
+    make_parametrization,
     make_power_iteration,
+    parametrization_bounded,
     network,
 )
 
@@ -165,6 +168,18 @@ CASES: list[Case] = [
         "torch-ref",
         make_householder,
         compile_max=32,
+    ),
+    Case(  # AOL beside Spectral and Björck: a layer's training-mode weight, forward and backward
+        "parametrization",
+        "op",
+        "fwd+bwd",
+        _widths([8, (2, 3, 4)], [256, (32, 3, 16)], [256, 1024, (32, 3, 16), (64, 3, 32)],
+                [256, 1024, 4096, (64, 3, 32), (256, 3, 16)]),
+        PARAMETRIZATION_PROVIDERS,
+        "spectral",
+        make_parametrization,
+        reference=None,
+        check=parametrization_bounded,
     ),
     Case(
         "groupsort2", "activation", "fwd+bwd", _ACT_SHAPES, ACT_PROVIDERS, "relu", activation("groupsort2")

@@ -26,7 +26,10 @@ __all__ = [
     "make_hkr",
     "make_hkr_multiclass",
     "make_householder",
+    "make_parametrization",
     "make_power_iteration",
+    "PARAMETRIZATION_PROVIDERS",
+    "parametrization_bounded",
     "network",
 ]
 
@@ -101,6 +104,55 @@ def make_householder(provider: str, n: int, device: str) -> Callable[[], object]
         lambda v: ops.householder_product_reference(v, n, n),
     )
     return _fwd_bwd(fn, torch.randn(n, n, device=device))
+
+
+# A constrained layer's training-mode weight (the parametrization's forward and backward), per method.
+PARAMETRIZATION_PROVIDERS = ["aol", "spectral", "bjorck"]
+
+
+def _constrained_layer(provider: str, size: int | tuple[int, int, int], device: str) -> torch.nn.Module:
+    """``size`` n: an n x n Linear; (c, k, side): a c -> c Conv2d with a k x k kernel, padding k // 2,
+    that has seen a side x side input."""
+    torch.manual_seed(0)
+    if isinstance(size, tuple):
+        c, k, side = size
+        layer = torch.nn.Conv2d(c, c, k, padding=k // 2).to(device)
+    else:
+        layer = torch.nn.Linear(size, size).to(device)
+    getattr(liptriton, provider)(layer)
+    if isinstance(size, tuple):
+        with torch.no_grad():
+            layer(torch.randn(1, size[0], size[2], size[2], device=device))  # the conv state learns the size
+    return layer.train()
+
+
+def make_parametrization(provider: str, size: int | tuple[int, int, int], device: str) -> Callable[[], object]:
+    """Forward + backward of the weight a layer constrained by ``provider`` applies in training."""
+    layer = _constrained_layer(provider, size, device)
+    original = layer.parametrizations.weight.original
+    g = torch.randn_like(original)
+
+    def call() -> tuple[Tensor, Tensor]:
+        w = layer.weight
+        (grad,) = torch.autograd.grad(w, original, g)
+        return w.detach(), grad
+
+    return call
+
+
+def parametrization_bounded(provider: str, size: int | tuple[int, int, int], device: str) -> bool:
+    """The correctness check of the parametrization case: the weight's norm (float64 SVD of the
+    dense weight; conv_norm_bound of the operator) is at most 1 (1 + 1e-4)."""
+    from liptriton.bounds.conv_bound import conv_norm_bound
+    from liptriton.bounds.conv_operator import ConvSpec
+
+    layer = _constrained_layer(provider, size, device)
+    w = layer.weight.detach().double().cpu()
+    if isinstance(size, tuple):
+        norm = conv_norm_bound(ConvSpec.from_module(layer), w, (size[2], size[2])).bound
+    else:
+        norm = float(torch.linalg.matrix_norm(w, 2))
+    return norm <= 1 + 1e-4
 
 
 ACT_PROVIDERS = ["liptriton", "liptriton-compiled", "torch-ref", "deel-torchlip", "relu", "relu-compiled"]

@@ -177,6 +177,8 @@ def run_case(
         )
         if case.mode == "train-step":
             ok = ok and _grads_alive(modules[p])
+        if case.check is not None:
+            ok = ok and bool(case.check(p, size, device))
         correct[p] = ok
     times = (
         timing.time_cuda_all(fns)

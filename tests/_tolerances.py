@@ -8,8 +8,10 @@ import torch
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-10, 1e-12),
     torch.float32: (1e-5, 1e-6),
-    # Kernels on GPU use tf32 dot products; the interpreter is exact float32.
-    "tf32": (2e-3, 2e-3),
+    # float32 Triton kernels on CUDA at real sizes against the reference: the kernels' dot products
+    # are IEEE float32 (tl.dot input_precision="ieee"; tf32 is an opt-in of the Björck launcher
+    # only), but reductions over thousands of terms run in another order than the reference's.
+    "gpu": (2e-3, 2e-3),
     torch.float16: (2e-3, 2e-3),
     torch.bfloat16: (2e-2, 2e-2),
 }
@@ -18,10 +20,11 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 ITERATIVE: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-9, 1e-10),
     torch.float32: (2e-4, 2e-5),
-    "tf32": (5e-3, 5e-3),
+    "gpu": (5e-3, 5e-3),
 }
 
-# Relative slack of the Lipschitz bound (DESIGN.md invariant 1).
+# Relative slack allowed above k wherever a test checks a Lipschitz bound (docs/architecture.md,
+# invariant 1, promises at most k (1 + 1e-4) for a constrained layer; the tests allow 1e-3).
 BOUND_SLACK = 1e-3
 
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import liptriton
-from liptriton.ops.certified_norm import certify_top_eigenvalue, lanczos_top
-from liptriton.ops.conv_fourier import fourier_blocks, fourier_gram, fourier_plan
-from liptriton.ops.conv_operator import ConvSpec
+from liptriton.bounds.certified_norm import certify_top_eigenvalue, lanczos_top
+from liptriton.bounds.conv_fourier import fourier_blocks, fourier_gram, fourier_plan
+from liptriton.bounds.conv_operator import ConvSpec
 from tests._measure import exact_conv_norm
 
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import liptriton
-from liptriton._rules import ACTIVATION_CONSTANTS
-from liptriton.ops.conv_bound import conv_norm_bound, conv_operator_matrix
-from liptriton.ops.conv_operator import ConvSpec
+from liptriton.bounds.activations import ACTIVATION_CONSTANTS
+from liptriton.bounds.conv_bound import conv_norm_bound, conv_operator_matrix
+from liptriton.bounds.conv_operator import ConvSpec
 from tests._tolerances import BOUND_SLACK, tol
 
 CONVS = {

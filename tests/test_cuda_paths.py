@@ -112,9 +112,9 @@ def test_kernel_path_matches_torch_path():
             grads = torch.autograd.grad(loss_fn(out, y), list(model.parameters()))
         results.append((out.detach(), grads))
     (out, grads), (out_ref, grads_ref) = results
-    assert_close(out, out_ref, dtype="tf32")
+    assert_close(out, out_ref, dtype="gpu")
     for g, g_ref in zip(grads, grads_ref):
-        assert_close(g, g_ref, dtype="tf32", iterative=True)
+        assert_close(g, g_ref, dtype="gpu", iterative=True)
 
 
 @pytest.mark.gpu
@@ -145,7 +145,7 @@ def test_compiled_training_step_on_cuda(dtype):
             loss.backward()
             opt.step()
             losses.append(loss.detach())
-        assert_close(losses[0], losses[1], dtype=dtype if dtype == torch.bfloat16 else "tf32")
+        assert_close(losses[0], losses[1], dtype=dtype if dtype == torch.bfloat16 else "gpu")
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])
 

@@ -185,7 +185,7 @@ def test_frobenius_conv2d_with_copying_padding_stays_k_lipschitz():
     for size in (3, 4, 8, 11):  # any input size (3: the most reads of a border element)
         assert OperatorNorm((1, size, size), first=200)(padded(ours)) <= 1 + BOUND_SLACK
     ratio = float(ours.weight.detach().norm() / theirs.weight.detach().norm())
-    reads = liptriton.ops.conv_reads.max_reads((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), "reflect")
+    reads = liptriton.bounds.conv_reads.max_reads((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), "reflect")
     assert ratio == pytest.approx(math.sqrt(9 / reads), rel=1e-5)
 
 

@@ -70,7 +70,7 @@ def constrain(module: nn.Module, kind: str) -> nn.Module:
     if kind == "frobenius":
         return liptriton.frobenius(module, disjoint_neurons=False)
     if kind == "spectral":
-        return liptriton.spectral(module, n_iters_init=60)
+        return liptriton.spectral(module, power_iters_init=60)
     return getattr(liptriton, kind)(module, power_iters_init=60)
 
 
@@ -230,7 +230,7 @@ def test_bake_converges_stale_state_and_keeps_activations():
         net[3].parametrizations.weight.original.copy_(u @ torch.diag(torch.tensor([1.0, 0.5, 0.1, 0.02])) @ vh)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.warns(UserWarning, match="never seen an input"):
-        liptriton.bake(nn.Sequential(liptriton.spectral(nn.Conv2d(1, 1, 3), n_iters_init=5)))
+        liptriton.bake(nn.Sequential(liptriton.spectral(nn.Conv2d(1, 1, 3), power_iters_init=5)))
     baked = liptriton.bake(net)
     assert type(baked[0]) is nn.Linear and type(baked[2]) is nn.Conv1d and type(baked[1]) is liptriton.GroupSort2
     assert not any(parametrize.is_parametrized(m) for m in baked.modules())
@@ -247,7 +247,7 @@ def test_bake_converges_stale_state_and_keeps_activations():
 
 
 def test_bake_example_input_grows_conv_size_and_leaves_original():
-    net = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3, padding=1), n_iters_init=60))
+    net = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3, padding=1), power_iters_init=60))
     net(torch.randn(1, 2, 5, 5))
     state = net[0].parametrizations.weight[0].conv
     before = state.x.clone()
@@ -343,10 +343,10 @@ def test_checkpoint_resumes_dropout_and_rng(tmp_path):
 
 def test_checkpoint_keeps_state_flags(tmp_path):
     """A state not converged yet (no forward seen) stays so: its first forward converges, as uninterrupted."""
-    model = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3), n_iters_init=5))
+    model = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3), power_iters_init=5))
     path = tmp_path / "c.safetensors"
     liptriton.save_checkpoint(model, path)
-    other = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3), n_iters_init=5))
+    other = nn.Sequential(liptriton.spectral(nn.Conv2d(2, 3, 3), power_iters_init=5))
     other(torch.randn(1, 2, 7, 7))  # other has converged at another size: the checkpoint resets that
     liptriton.load_checkpoint(path, other)
     a, b = model[0].parametrizations.weight[0].conv, other[0].parametrizations.weight[0].conv
@@ -363,7 +363,7 @@ def test_checkpoint_mismatches(tmp_path):
     model = constrained("dense")
     path = tmp_path / "c.safetensors"
     liptriton.save_checkpoint(model, path)
-    other = ARCHS["dense"](lambda m, kind: liptriton.spectral(m, n_iters_init=10), act=liptriton.GroupSort2)
+    other = ARCHS["dense"](lambda m, kind: liptriton.spectral(m, power_iters_init=10), act=liptriton.GroupSort2)
     _expect("shape mismatches|other constraints", liptriton.load_checkpoint, path, other)
     opt = torch.optim.Adam(model.parameters())
     _expect("no optimizer state", liptriton.load_checkpoint, path, constrained("dense"), opt)

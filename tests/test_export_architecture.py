@@ -128,7 +128,7 @@ def trained_conversion(name: str, shape: tuple[int, ...], **options) -> tuple[nn
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_()
     net.eval()
-    lip = liptriton.lipschitzify(net, method="spectral", n_iters_init=30, **options)
+    lip = liptriton.lipschitzify(net, method="spectral", power_iters_init=30, **options)
     x = torch.randn(4, *shape)
     opt = torch.optim.Adam(lip.parameters(), lr=0.05)
     lip.train()
@@ -248,7 +248,7 @@ def resnet18_saved(tmp_path_factory):
                 m.running_var.uniform_(0.5, 2.0)
                 m.running_mean.normal_(0, 0.1)
     # eval and save each converge the power iterations from the state they find: at 100 steps both agree to 3e-6
-    lip = liptriton.lipschitzify(net, method="spectral", n_iters_init=100).eval()
+    lip = liptriton.lipschitzify(net, method="spectral", power_iters_init=100).eval()
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         y = lip(x)
@@ -307,7 +307,7 @@ REFUSED = {  # (user model, options, input shape, what the error names)
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_save_refuses_what_the_architecture_cannot_compute(case, tmp_path):
     make, options, shape, named = REFUSED[case]
-    lip = liptriton.lipschitzify(make(), method="spectral", n_iters_init=30, **options).eval()
+    lip = liptriton.lipschitzify(make(), method="spectral", power_iters_init=30, **options).eval()
     path = tmp_path / "refused.safetensors"
     with pytest.raises(ValueError, match="save_program") as err:
         liptriton.save(lip, path, example_input=torch.randn(2, *shape))
@@ -317,7 +317,7 @@ def test_save_refuses_what_the_architecture_cannot_compute(case, tmp_path):
 
 def test_save_program_loads_without_liptriton(tmp_path):
     make, options, shape, _ = REFUSED["scale_at_output"]
-    lip = liptriton.lipschitzify(make(), method="spectral", n_iters_init=30, **options).eval()
+    lip = liptriton.lipschitzify(make(), method="spectral", power_iters_init=30, **options).eval()
     x = torch.randn(3, *shape)
     path = tmp_path / "model.pt2"
     liptriton.save_program(lip, path, example_input=x)

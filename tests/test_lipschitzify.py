@@ -240,7 +240,7 @@ def test_untraceable_model_is_converted_module_by_module_and_reported():
     assert hasattr(lip.fc, "parametrizations")
 
 
-@pytest.mark.parametrize("method", ["spectral", "frobenius", "householder"])
+@pytest.mark.parametrize("method", ["spectral", "frobenius", "householder", "aol"])
 def test_other_methods(method):
     lip = liptriton.lipschitzify(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8)), method=method)
     cert = liptriton.certify(lip, torch.randn(4, 8), n_samples=1, power_iters=5, ascent_steps=0)

@@ -132,8 +132,8 @@ def test_kernels_int64_index_path(interpret, nan_empty, monkeypatch):
     from liptriton.kernels import group_sort as kg
     from liptriton.kernels import max_min as km
 
-    monkeypatch.setattr(kg, "_INT32_LIMIT", 0)
-    monkeypatch.setattr(km, "_INT32_LIMIT", 0)
+    monkeypatch.setattr(kg, "INT32_LIMIT", 0)
+    monkeypatch.setattr(km, "INT32_LIMIT", 0)
     x, g = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
     for size in (2, 3):
         assert_close(kg.group_sort_forward(x, size, 1, 0.5), gs_ops.group_sort_reference(x, size, 1, 0.5))

@@ -126,7 +126,7 @@ def test_state_dict_keeps_learned_conv_input_size():
         (lambda: liptriton.spectral(nn.Linear(3, 3), k=-1.0), ValueError, "k must be a finite number > 0"),
         (lambda: liptriton.spectral(nn.Linear(3, 3), "bias_x"), ValueError, "no tensor named 'bias_x'"),
         (lambda: liptriton.bjorck(nn.Linear(3, 3), n_iters=0), ValueError, "n_iters must be an integer >= 1"),
-        (lambda: liptriton.spectral(nn.Linear(3, 3), n_iters_init=0), ValueError, "n_iters_init"),
+        (lambda: liptriton.spectral(nn.Linear(3, 3), power_iters_init=0), ValueError, "power_iters_init"),
         (lambda: liptriton.bjorck(nn.Linear(3, 3), order=7), ValueError, "order must be 1, 2, 3 or 4"),
         (lambda: liptriton.householder(nn.Bilinear(3, 3, 2)), ValueError, "unsupported Bilinear.weight"),
         (lambda: liptriton.frobenius(_int_module()), TypeError, "must be a floating-point tensor"),

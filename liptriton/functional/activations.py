@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from liptriton._compile import compiled_functional
-from liptriton.ops.group_sort import check_group_sort_args, normalize_dim
+from liptriton.ops._checks import normalize_dim
+from liptriton.ops.group_sort import check_group_sort_args
 from liptriton.ops.group_sort import group_sort as _group_sort_op
 from liptriton.ops.max_min import check_max_min_args
 from liptriton.ops.max_min import max_min as _max_min_op

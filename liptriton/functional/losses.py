@@ -37,7 +37,7 @@ from liptriton.functional._loss_utils import (
     kr_weights,
     maybe_gather,
 )
-from liptriton.ops.multiclass_hinge import multiclass_hkr
+from liptriton.ops.multiclass_hkr import multiclass_hkr
 
 __all__ = ["apply_reduction", "kr_loss", "kr_loss_multi_gpu", "kr_loss_standard", "neg_kr_loss",
            "hinge_margin_loss", "hkr_loss", "process_labels_for_multi_gpu"]

@@ -21,21 +21,22 @@ from liptriton.functional.activations import (
     householder_activation,
     lipschitz_prelu,
 )
-from liptriton.nn.scaling import ScaledLipschitzModule
+from liptriton.nn.scaling import LipschitzFactor, ScaledLipschitzModule
 
 _THETA_INITS = {"zeros": nn.init.zeros_, "ones": nn.init.ones_, "normal": nn.init.normal_}
 
 __all__ = ["FullSort", "GroupSort", "GroupSort2", "HouseHolder", "LPReLU", "MaxMin"]
 
 
-class _KCoef(ScaledLipschitzModule):
-    """``k_coef_lip`` storage; ``_coefficient_lip`` is deel-torchlip's name for the same number."""
+class _FactorInForward(LipschitzFactor):
+    """An activation: its factor ``k_coef_lip`` (:class:`~liptriton.nn.scaling.LipschitzFactor`,
+    shared with the layers) multiplies its output in ``forward``, so setting it has nothing to
+    re-apply; ``scaling`` follows it, and the module is its own plain form."""
 
-    k_coef_lip: float
     factory = None
 
     def __init__(self, *args, **kwargs) -> None:
-        # the torch module's __init__ (next in the MRO after the mixins); scaling is a property here
+        # the torch module's __init__ (next in the MRO after the mixins); the subclass sets k_coef_lip
         super(ScaledLipschitzModule, self).__init__(*args, **kwargs)
 
     @property
@@ -43,27 +44,12 @@ class _KCoef(ScaledLipschitzModule):
         """Whether the factor differs from 1 (deel-torchlip's ``ScaledLipschitzModule.scaling``)."""
         return self.k_coef_lip != 1.0
 
-    def apply_lipschitz_factor(self) -> None:
-        """Nothing to do: the factor multiplies the output in ``forward`` (deel-torchlip's API)."""
-
-    def get_scaling(self, training: bool = False, update: bool = True) -> float:
-        """The Lipschitz factor ``k_coef_lip``."""
-        return self.k_coef_lip
-
-    @property
-    def _coefficient_lip(self) -> float:
-        return self.k_coef_lip
-
-    @_coefficient_lip.setter
-    def _coefficient_lip(self, value: float) -> None:
-        self.k_coef_lip = check_k_coef_lip(value, type(self).__name__)
-
     def vanilla_export(self) -> nn.Module:
         """Return the module itself: it holds no parametrization to bake in."""
         return self  # type: ignore[return-value]
 
 
-class MaxMin(_KCoef, nn.Module):
+class MaxMin(_FactorInForward, nn.Module):
     r"""MaxMin activation: ``k * cat(relu(x), relu(-x), dim)``, exactly k-Lipschitz.
 
     Args:
@@ -92,7 +78,7 @@ class MaxMin(_KCoef, nn.Module):
         return f"dim={self.dim}, k_coef_lip={self.k_coef_lip}"
 
 
-class GroupSort(_KCoef, nn.Module):
+class GroupSort(_FactorInForward, nn.Module):
     r"""GroupSort activation: sort groups of ``group_size`` consecutive channels, times k.
 
     The channels (dim 1 of an (N, C, \*) input) are split into ``C // group_size`` groups of
@@ -160,7 +146,7 @@ class FullSort(GroupSort):
         super().__init__(group_size=None, k_coef_lip=k_coef_lip)
 
 
-class LPReLU(_KCoef, nn.PReLU):
+class LPReLU(_FactorInForward, nn.PReLU):
     r"""PReLU with a Lipschitz constraint: ``k * prelu(x, clamp(a, -1, 1))``, exactly k-Lipschitz.
 
     At ``k_coef_lip = 1`` this is deel-torchlip's LPReLU. For other k, deel-torchlip clamps
@@ -206,7 +192,7 @@ class LPReLU(_KCoef, nn.PReLU):
         return f"num_parameters={self.num_parameters}, k_coef_lip={self.k_coef_lip}"
 
 
-class HouseHolder(_KCoef, nn.Module):
+class HouseHolder(_FactorInForward, nn.Module):
     r"""Householder activation (Singla et al. 2022), times k: exactly k-Lipschitz.
 
     The channels are split in halves ``(x, y)``; each pair is kept or reflected across the

@@ -17,29 +17,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from liptriton.nn.scaling import ScaledLipschitzModule, SharedLipFactory
-from liptriton.parametrizations import Frobenius, LipschitzParametrization
+from liptriton.nn.scaling import LipschitzFactor, ScaledLipschitzModule, SharedLipFactory, check_coefficient
+from liptriton.parametrizations import LipschitzParametrization
 
 __all__ = ["LipResidual", "LipschitzModule", "Sequential", "check_coefficient", "vanilla_model"]
-
-# Layers that are 1-Lipschitz as they are (MaxPool only when its windows do not overlap).
-_ONE_LIPSCHITZ = (
-    nn.Softmax, nn.Flatten, nn.Identity, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Unflatten,
-    nn.PixelShuffle, nn.PixelUnshuffle, nn.Hardtanh, nn.ReLU6,
-)
-
-
-def check_coefficient(owner: str, arg: str, value: float) -> float:
-    """Return ``float(value)`` if it is a finite number > 0, else raise a ValueError naming ``owner``/``arg``.
-
-    Examples:
-        >>> check_coefficient("Sequential", "k_coef_lip", 2)
-        2.0
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: {arg} must be a finite number > 0, got {value!r}")
-    return float(value)
-
 
 def has_lipschitz_factor(module: nn.Module) -> bool:
     """True when ``module`` takes a Lipschitz factor (``_coefficient_lip``): liptriton layers,
@@ -47,20 +28,17 @@ def has_lipschitz_factor(module: nn.Module) -> bool:
     return isinstance(module, LipschitzModule) or hasattr(type(module), "_coefficient_lip")
 
 
-def _is_one_lipschitz(module: nn.Module) -> bool:
-    from liptriton.nn.normalization import BatchCentering, LayerCentering
+def _child_constant(module: nn.Module) -> float:
+    """The Lipschitz constant of a Sequential child that has no Lipschitz factor, by its rule
+    (:mod:`liptriton.rules`); ``inf`` for an unconstrained weighted layer (its weights are free)."""
+    from liptriton.rules import is_constrained, module_constant
 
-    if isinstance(module, (_ONE_LIPSCHITZ, LayerCentering, BatchCentering)):
-        return not (isinstance(module, BatchCentering) and module.normalize)
-    if isinstance(module, nn.LeakyReLU):
-        return abs(module.negative_slope) <= 1
-    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
-        ks, st = (torch.nn.modules.utils._ntuple(3)(v) for v in (module.kernel_size, module.stride))
-        return module.dilation in (1, (1,) * 2, (1,) * 3) and all(k <= s for k, s in zip(ks, st))
-    return False
+    if is_constrained(module) and not parametrize.is_parametrized(module):
+        return math.inf
+    return module_constant(module, None, nominal=True)[0]
 
 
-class LipschitzModule(ScaledLipschitzModule):
+class LipschitzModule(LipschitzFactor):
     """Mixin of every liptriton layer with a Lipschitz factor (deel-torchlip's ``LipschitzModule``).
 
     The factor (``k_coef_lip``, also readable and settable as deel-torchlip's ``_coefficient_lip``)
@@ -82,23 +60,6 @@ class LipschitzModule(ScaledLipschitzModule):
         self._k_coef_lip = check_coefficient(type(self).__name__, "k_coef_lip", coefficient_lip)
         ScaledLipschitzModule.__init__(self, scaling=self._k_coef_lip != 1.0, factory=factory)
 
-    def get_scaling(self, training: bool = False, update: bool = True) -> float:
-        """The Lipschitz factor (deel-torchlip's ``get_scaling``)."""
-        return self._k_coef_lip
-
-    @property
-    def k_coef_lip(self) -> float:
-        """The Lipschitz factor of this layer."""
-        return self._k_coef_lip
-
-    @k_coef_lip.setter
-    def k_coef_lip(self, value: float) -> None:
-        self._k_coef_lip = check_coefficient(type(self).__name__, "k_coef_lip", value)
-        self.apply_lipschitz_factor()
-
-    # deel-torchlip's name for the same number
-    _coefficient_lip = k_coef_lip
-
     def _lipschitz_parametrizations(self) -> list[LipschitzParametrization]:
         if not parametrize.is_parametrized(self):  # type: ignore[arg-type]
             return []
@@ -111,15 +72,13 @@ class LipschitzModule(ScaledLipschitzModule):
         deel-torchlip multiplies the weight by the factor once, at construction; here the factor
         is the ``k`` of the parametrizations, so changing it later takes effect.
         """
-        k = self._k_coef_lip
         for p in self._lipschitz_parametrizations():
-            if isinstance(p, Frobenius):
-                p.scale = p.scale * (k / p.k)
-            p.k = k
-            p._cache = None
+            p.set_k(self._k_coef_lip)
 
     def lipschitz_bound(self) -> float:
-        """The layer's guaranteed l2 Lipschitz constant (from its parametrizations, else the factor)."""
+        """The layer's l2 Lipschitz constant: the product of its parametrizations' bounds (see
+        :meth:`~liptriton.parametrizations.LipschitzParametrization.lipschitz_bound` for when it is
+        guaranteed), else the factor."""
         ps = self._lipschitz_parametrizations()
         return math.prod(p.lipschitz_bound() for p in ps) if ps else self._k_coef_lip
 
@@ -135,7 +94,8 @@ class Sequential(LipschitzModule, nn.Sequential):
     Sequentials) each get ``k_coef_lip ** (1 / n)``, and the factor really reaches their
     parametrizations (deel-torchlip sets it on the attribute only, leaving its spectral layers
     1-Lipschitz). As in deel-torchlip, a child's own ``k_coef_lip`` is overridden by its share.
-    Children neither Lipschitz-scaled nor known 1-Lipschitz raise a warning.
+    Children without a Lipschitz factor whose rule (:mod:`liptriton.rules`) does not make them
+    1-Lipschitz (an unconstrained Linear, a GELU, a module without a rule) raise a warning.
 
     Args:
         *args: the layers (or one OrderedDict), as ``nn.Sequential``.
@@ -151,7 +111,7 @@ class Sequential(LipschitzModule, nn.Sequential):
         nn.Sequential.__init__(self, *args)
         LipschitzModule.__init__(self, k_coef_lip)
         for module in self.children():
-            if not has_lipschitz_factor(module) and not _is_one_lipschitz(module):
+            if not has_lipschitz_factor(module) and not _child_constant(module) <= 1.0:
                 warnings.warn(f"Sequential: {module} is not a known Lipschitz layer: the bound of the "
                               "network does not account for it", stacklevel=2)
         self.apply_lipschitz_factor()
@@ -169,15 +129,16 @@ class Sequential(LipschitzModule, nn.Sequential):
             m._coefficient_lip = share
 
     def lipschitz_bound(self) -> float:
-        """Product of the children's bounds (1 for known 1-Lipschitz layers; inf for unknown ones)."""
+        """Product of the children's bounds (others by their rule in :mod:`liptriton.rules`; inf for
+        an unconstrained weighted layer or a module without a rule)."""
         bound = 1.0
         for m in self.children():
             if hasattr(m, "lipschitz_bound"):
                 bound *= m.lipschitz_bound()
             elif has_lipschitz_factor(m):
                 bound *= m._coefficient_lip
-            elif not _is_one_lipschitz(m):
-                return math.inf
+            else:
+                bound *= _child_constant(m)
         return bound
 
     def vanilla_export(self) -> nn.Sequential:
@@ -208,19 +169,18 @@ class LipResidual(nn.Module):
         alpha = torch.sigmoid(self.alpha)
         return alpha * x + (1 - alpha) * y
 
-
-def _plain_copy(module: nn.Module) -> nn.Module:
-    """A plain torch layer of ``module``'s torch class with its current (constrained) tensors."""
-    from liptriton.nn.padconv import plain_torch_layer
-
-    return plain_torch_layer(module)
+    def convex_weights(self) -> list[float]:
+        """The weights ``[a, 1 - a]`` of the two terms (certify's and export's view)."""
+        a = float(torch.sigmoid(self.alpha.detach().double()))
+        return [a, 1.0 - a]
 
 
 def vanilla_model(model: nn.Module, in_place: bool = True, new_module: nn.Module | None = None) -> nn.Module:
     """Replace every Lipschitz layer of ``model`` by its plain torch counterpart (weights baked in).
 
-    Children with ``vanilla_export`` use it; other parametrized ``nn.Linear``/``nn.Conv*``/
-    ``nn.ConvTranspose*`` (e.g. ``liptriton.bjorck(nn.Linear(...))``) become the plain torch layer;
+    Each module becomes its plain form by its rule (:func:`liptriton.rules.plain_form`):
+    liptriton layers their ``vanilla_export``, parametrized ``nn.Linear``/``nn.Conv*``/
+    ``nn.ConvTranspose*`` (e.g. ``liptriton.bjorck(nn.Linear(...))``) the plain torch layer;
     containers are visited recursively. A ``model`` that itself has ``vanilla_export`` is exported.
 
     Args:
@@ -237,17 +197,17 @@ def vanilla_model(model: nn.Module, in_place: bool = True, new_module: nn.Module
         >>> type(vanilla_model(net)[0]).__name__
         'Linear'
     """
+    from liptriton.rules import plain_form
+
     if new_module is None:
         new_module = model if in_place else copy.deepcopy(model)
-        if callable(getattr(new_module, "vanilla_export", None)):
-            return new_module.vanilla_export()
-        if parametrize.is_parametrized(new_module):
-            return _plain_copy(new_module)
+        if (plain := plain_form(new_module)) is not None:
+            return plain
     for name, child in list(new_module.named_children()):
-        if callable(getattr(child, "vanilla_export", None)):
-            setattr(new_module, name, child.vanilla_export())
-        elif parametrize.is_parametrized(child):
-            setattr(new_module, name, _plain_copy(child))
+        if name == "parametrizations" and parametrize.is_parametrized(new_module):
+            continue
+        if (plain := plain_form(child)) is not None:
+            setattr(new_module, name, plain)
         elif len(list(child.children())) > 0:
             vanilla_model(child, in_place=True, new_module=child)
     return new_module

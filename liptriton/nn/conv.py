@@ -69,9 +69,7 @@ def _constrain_spectral(layer: nn.Module, k: float, eps_spectral: float, eps_bjo
     # from 1 to 4.9; with 1 step Björck then diverged, before the foundation floored its
     # pre-normalization by a guaranteed bound; a loose floor would leave the weight far from
     # orthogonal after 15 steps). The convolution-operator state keeps 1 block step.
-    for p in layer.parametrizations.weight:
-        if hasattr(p, "state"):
-            p.state.n_iters = _MATRIX_POWER_ITERS
+    layer.parametrizations.weight[0].set_power_iters(matrix=_MATRIX_POWER_ITERS)
 
 
 def _check_output_padding(owner: str, output_padding: _size_2_t, stride: _size_2_t,

@@ -50,15 +50,14 @@ def _check_conv_args(owner: str, in_channels: int, out_channels: int, groups: in
 
 
 def _constrained_tensors(module: nn.Module) -> tuple[Tensor, Tensor | None]:
-    """The weight the layer applies in eval mode, and its bias, detached."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            weight = module.weight.detach().clone()
-    finally:
-        module.train(was_training)
-    bias = None if module.bias is None else module.bias.detach().clone()
+    """The weight the layer applies in eval mode, and its bias, detached (the one bake path)."""
+    from torch.nn.utils import parametrize
+
+    from liptriton._bake import baked_tensors
+
+    values = baked_tensors(module) if parametrize.is_parametrized(module) else {}
+    weight = values.get("weight", module.weight.detach().clone())
+    bias = values.get("bias", None if module.bias is None else module.bias.detach().clone())
     return weight, bias
 
 

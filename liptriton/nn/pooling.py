@@ -47,13 +47,15 @@ def _check_unit_output(owner: str, output_size) -> None:
         raise ValueError(f"{owner}: output_size must be (1, 1) (or 1) for a Lipschitz bound, got {output_size!r}")
 
 
-class _Scaled(LipschitzModule):
+class _PoolingLayer(LipschitzModule):
+    """A liptriton pooling layer: its factor is part of its forward; it is its own plain form."""
+
     def vanilla_export(self) -> nn.Module:
         """Return the module itself: it holds no parametrization (the scale is part of its forward)."""
         return self
 
 
-class ScaledAvgPool2d(_Scaled, nn.AvgPool2d):
+class ScaledAvgPool2d(_PoolingLayer, nn.AvgPool2d):
     """Average pooling times ``sqrt(kh kw) * k_coef_lip``: exactly ``k_coef_lip``-Lipschitz.
 
     Args:
@@ -100,7 +102,7 @@ class ScaledAvgPool2d(_Scaled, nn.AvgPool2d):
         return pooled * (self.k_coef_lip * self.scaling_factor)
 
 
-class ScaledAdaptiveAvgPool2d(_Scaled, nn.AdaptiveAvgPool2d):
+class ScaledAdaptiveAvgPool2d(_PoolingLayer, nn.AdaptiveAvgPool2d):
     """Global average pooling times ``sqrt(H W) * k_coef_lip``: exactly ``k_coef_lip``-Lipschitz.
 
     Args:
@@ -122,7 +124,7 @@ class ScaledAdaptiveAvgPool2d(_Scaled, nn.AdaptiveAvgPool2d):
         return nn.AdaptiveAvgPool2d.forward(self, input) * coeff
 
 
-class ScaledL2NormPool2d(_Scaled, nn.LPPool2d):
+class ScaledL2NormPool2d(_PoolingLayer, nn.LPPool2d):
     """l2-norm pooling ``sqrt(sum_window x^2) * k_coef_lip`` (norm preserving, gradient norm 1 a.e.).
 
     Args:
@@ -158,7 +160,7 @@ class ScaledL2NormPool2d(_Scaled, nn.LPPool2d):
         return self
 
 
-class ScaledAdaptativeL2NormPool2d(_Scaled, nn.Module):
+class ScaledAdaptativeL2NormPool2d(_PoolingLayer, nn.Module):
     """Global l2-norm pooling ``sqrt(sum_{h,w} x^2) * k_coef_lip`` (deel-torchlip's spelling).
 
     Args:
@@ -183,7 +185,7 @@ class ScaledAdaptativeL2NormPool2d(_Scaled, nn.Module):
         return F.lp_pool2d(input, 2, input.shape[-2:]) * self.k_coef_lip
 
 
-class InvertibleDownSampling(_Scaled, nn.PixelUnshuffle):
+class InvertibleDownSampling(_PoolingLayer, nn.PixelUnshuffle):
     """Pixel unshuffle (an orthogonal permutation) times ``k_coef_lip``: (C, H, W) -> (C s^2, H/s, W/s).
 
     Args:
@@ -214,7 +216,7 @@ class InvertibleDownSampling(_Scaled, nn.PixelUnshuffle):
         return nn.PixelUnshuffle(self.downscale_factor) if self.k_coef_lip == 1.0 else self
 
 
-class InvertibleUpSampling(_Scaled, nn.PixelShuffle):
+class InvertibleUpSampling(_PoolingLayer, nn.PixelShuffle):
     """Pixel shuffle (an orthogonal permutation) times ``k_coef_lip``: (C s^2, H, W) -> (C, H s, W s).
 
     Args:

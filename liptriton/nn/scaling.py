@@ -8,10 +8,12 @@ sequential network). liptriton's own bound of a model comes from :func:`liptrito
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["ScaledLipschitzModule", "SharedLipFactory"]
+__all__ = ["LipschitzFactor", "ScaledLipschitzModule", "SharedLipFactory", "check_coefficient"]
 
 
 class SharedLipFactory:
@@ -88,3 +90,54 @@ class ScaledLipschitzModule:
     def vanilla_export(self):
         """A plain torch module computing the same function; subclasses define it."""
         raise NotImplementedError(f"{type(self).__name__}.vanilla_export is not implemented")
+
+
+def check_coefficient(owner: str, arg: str, value: float) -> float:
+    """Return ``float(value)`` if it is a finite number > 0, else raise a ValueError naming ``owner``/``arg``.
+
+    Examples:
+        >>> check_coefficient("Sequential", "k_coef_lip", 2)
+        2.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: {arg} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class LipschitzFactor(ScaledLipschitzModule):
+    """The Lipschitz factor ``k_coef_lip`` of a liptriton module, stated once: layers
+    (:class:`~liptriton.nn.LipschitzModule`) and activations share it.
+
+    ``k_coef_lip`` (deel-torchlip's ``_coefficient_lip``) is validated when set, then
+    :meth:`apply_lipschitz_factor` makes it take effect (nothing to do when ``forward``
+    multiplies by it, as activations and pooling do).
+
+    Examples:
+        >>> import liptriton
+        >>> act = liptriton.GroupSort2()
+        >>> act._coefficient_lip = 2.0
+        >>> act.k_coef_lip, act.get_scaling()
+        (2.0, 2.0)
+    """
+
+    _k_coef_lip: float
+
+    def get_scaling(self, training: bool = False, update: bool = True) -> float:
+        """The Lipschitz factor (deel-torchlip's ``get_scaling``)."""
+        return self._k_coef_lip
+
+    @property
+    def k_coef_lip(self) -> float:
+        """The Lipschitz factor of this module."""
+        return self._k_coef_lip
+
+    @k_coef_lip.setter
+    def k_coef_lip(self, value: float) -> None:
+        self._k_coef_lip = check_coefficient(type(self).__name__, "k_coef_lip", value)
+        self.apply_lipschitz_factor()
+
+    # deel-torchlip's name for the same number
+    _coefficient_lip = k_coef_lip
+
+    def apply_lipschitz_factor(self) -> None:
+        """Make the factor take effect (nothing here: ``forward`` multiplies by it)."""

@@ -20,7 +20,7 @@ try:  # triton is a Linux-only dependency; everything works without it.
 except ImportError:  # pragma: no cover - exercised on platforms without triton
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "use_triton", "kernel_runnable", "float32_compute"]
+__all__ = ["HAS_TRITON", "float32_compute", "kernel_runnable", "transforms_active", "use_triton"]
 
 
 def use_triton(x: torch.Tensor) -> bool:
@@ -66,3 +66,18 @@ def float32_compute(x: torch.Tensor) -> torch.Tensor:
         ``x`` itself for float32/float64, ``x.float()`` for float16/bfloat16.
     """
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def transforms_active() -> bool:
+    """Return True inside a torch.func transform (vmap, jacrev, ...) outside torch.compile.
+
+    The triton_ops have no functorch rules, so the public ops take their torch reference there.
+
+    Returns:
+        Whether a functorch transform is active.
+
+    Examples:
+        >>> transforms_active()
+        False
+    """
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from liptriton.ops._dispatch import HAS_TRITON, float32_compute, kernel_runnable, use_triton
+from liptriton.ops._register import register_triton_op
 
 __all__ = ["bjorck", "bjorck_reference", "bjorck_coefficients", "bjorck_vjp_reference"]
 
@@ -212,36 +213,26 @@ if HAS_TRITON:
     from liptriton.kernels.bjorck import bjorck_backward as _kernel_backward
     from liptriton.kernels.bjorck import bjorck_forward as _kernel_forward
 
-    def _takes_kernel(w: Tensor) -> bool:
+    def _takes_kernel(w: Tensor, *args) -> bool:
         return kernel_runnable(w) and w.dtype != torch.float64 and w.numel() > 0
 
-    @torch.library.triton_op("liptriton::bjorck", mutates_args=())
-    def _bjorck_op(w: Tensor, n_iters: int, order: int, beta: float) -> Tensor:
-        """Triton path of :func:`bjorck` (fused or tiled by size; autograd registered)."""
-        if not _takes_kernel(w):
-            return bjorck_reference(w, n_iters, order, beta)
+    def _bjorck_forward(w: Tensor, n_iters: int, order: int, beta: float) -> Tensor:
+        """Triton path of :func:`bjorck` (fused or tiled by size)."""
         _check(w, n_iters)
         m, n = w.shape[-2:]
         y = _kernel_forward(w.reshape(-1, m, n), n_iters, bjorck_coefficients(order, beta))
         return y.reshape(w.shape).to(w.dtype)
 
-    @torch.library.triton_op("liptriton::bjorck_backward", mutates_args=())
-    def _bjorck_backward_op(w: Tensor, grad: Tensor, n_iters: int, order: int, beta: float) -> Tensor:
-        """Gradient of ``liptriton::bjorck`` w.r.t. w: recomputes the iterates from w."""
-        if not _takes_kernel(w):
-            return bjorck_vjp_reference(w, grad, n_iters, order, beta)
+    def _bjorck_backward(grad: Tensor, w: Tensor, n_iters: int, order: int, beta: float) -> Tensor:
+        """Gradient w.r.t. w: recomputes the iterates from w (only w is saved)."""
         m, n = w.shape[-2:]
         dx = _kernel_backward(w.reshape(-1, m, n), grad.reshape(-1, m, n), n_iters,
                               bjorck_coefficients(order, beta))
         return dx.reshape(w.shape).to(w.dtype)
 
-    def _setup_context(ctx, inputs, output) -> None:
-        w, n_iters, order, beta = inputs
-        ctx.save_for_backward(w)  # only W0: the backward recomputes the iterates
-        ctx.args = (n_iters, order, beta)
+    def _bjorck_backward_reference(grad: Tensor, w: Tensor, n_iters: int, order: int, beta: float) -> Tensor:
+        return bjorck_vjp_reference(w, grad, n_iters, order, beta)
 
-    def _backward(ctx, grad: Tensor):
-        (w,) = ctx.saved_tensors
-        return torch.ops.liptriton.bjorck_backward(w, grad, *ctx.args), None, None, None
-
-    torch.library.register_autograd("liptriton::bjorck", _backward, setup_context=_setup_context)
+    register_triton_op("bjorck", reference=bjorck_reference, forward=_bjorck_forward,
+                       reference_backward=_bjorck_backward_reference, backward=_bjorck_backward,
+                       takes_kernel=_takes_kernel)

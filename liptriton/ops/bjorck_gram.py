@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from liptriton.ops._dispatch import HAS_TRITON, float32_compute, kernel_runnable, use_triton
+from liptriton.ops._register import register_triton_op
 from liptriton.ops.bjorck import _check, bjorck_coefficients
 
 __all__ = ["bjorck_gram", "bjorck_gram_reference", "bjorck_gram_vjp_reference", "gram_pays"]
@@ -183,36 +184,27 @@ if HAS_TRITON:
     from liptriton.kernels.bjorck_gram import bjorck_gram_backward as _kernel_backward
     from liptriton.kernels.bjorck_gram import bjorck_gram_forward as _kernel_forward
 
-    def _takes_kernel(w: Tensor) -> bool:
+    def _takes_kernel(w: Tensor, *args) -> bool:
         return kernel_runnable(w) and w.dtype != torch.float64 and w.numel() > 0
 
-    @torch.library.triton_op("liptriton::bjorck_gram", mutates_args=())
-    def _bjorck_gram_op(w: Tensor, n_iters: int, order: int, beta: float, restart: int) -> Tensor:
-        """Triton path of :func:`bjorck_gram` (autograd registered; the backward recomputes)."""
-        if not _takes_kernel(w):
-            return bjorck_gram_reference(w, n_iters, order, beta, restart)
+    def _bjorck_gram_forward(w: Tensor, n_iters: int, order: int, beta: float, restart: int) -> Tensor:
+        """Triton path of :func:`bjorck_gram` (the backward recomputes)."""
         m, n = w.shape[-2:]
         y = _kernel_forward(w.reshape(-1, m, n), n_iters, bjorck_coefficients(order, beta), restart)
         return y.reshape(w.shape).to(w.dtype)
 
-    @torch.library.triton_op("liptriton::bjorck_gram_backward", mutates_args=())
-    def _bjorck_gram_backward_op(w: Tensor, grad: Tensor, n_iters: int, order: int, beta: float,
-                                 restart: int) -> Tensor:
-        """Gradient of ``liptriton::bjorck_gram`` w.r.t. w: recomputes the chunks from w."""
-        if not _takes_kernel(w):
-            return bjorck_gram_vjp_reference(w, grad, n_iters, order, beta, restart)
+    def _bjorck_gram_backward(grad: Tensor, w: Tensor, n_iters: int, order: int, beta: float,
+                              restart: int) -> Tensor:
+        """Gradient w.r.t. w: recomputes the chunks from w (only w is saved)."""
         m, n = w.shape[-2:]
         dx = _kernel_backward(w.reshape(-1, m, n), grad.reshape(-1, m, n), n_iters,
                               bjorck_coefficients(order, beta), restart)
         return dx.reshape(w.shape).to(w.dtype)
 
-    def _setup_context(ctx, inputs, output) -> None:
-        w, n_iters, order, beta, restart = inputs
-        ctx.save_for_backward(w)  # only W0: the backward recomputes the chunks
-        ctx.args = (n_iters, order, beta, restart)
+    def _bjorck_gram_backward_reference(grad: Tensor, w: Tensor, n_iters: int, order: int, beta: float,
+                                        restart: int) -> Tensor:
+        return bjorck_gram_vjp_reference(w, grad, n_iters, order, beta, restart)
 
-    def _backward(ctx, grad: Tensor):
-        (w,) = ctx.saved_tensors
-        return torch.ops.liptriton.bjorck_gram_backward(w, grad, *ctx.args), None, None, None, None
-
-    torch.library.register_autograd("liptriton::bjorck_gram", _backward, setup_context=_setup_context)
+    register_triton_op("bjorck_gram", reference=bjorck_gram_reference, forward=_bjorck_gram_forward,
+                       reference_backward=_bjorck_gram_backward_reference, backward=_bjorck_gram_backward,
+                       takes_kernel=_takes_kernel)

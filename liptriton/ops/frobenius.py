@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from liptriton.ops._dispatch import HAS_TRITON, float32_compute, kernel_runnable, use_triton
+from liptriton.ops._dispatch import HAS_TRITON, float32_compute, use_triton
+from liptriton.ops._register import register_triton_op
 
 __all__ = ["frobenius_normalize", "frobenius_normalize_reference"]
 
@@ -90,31 +91,14 @@ def _frobenius_backward_reference(grad: Tensor, w: Tensor, disjoint_neurons: boo
 if HAS_TRITON:
     from liptriton.kernels.frobenius import frobenius_backward, frobenius_forward
 
-    @torch.library.triton_op("liptriton::frobenius_normalize", mutates_args=())
-    def _frobenius_normalize_op(w: Tensor, disjoint_neurons: bool, eps: float) -> Tensor:
+    def _frobenius_forward(w: Tensor, disjoint_neurons: bool, eps: float) -> Tensor:
         """Triton path of :func:`frobenius_normalize` (one fused norm-and-scale kernel)."""
-        if not kernel_runnable(w):
-            return frobenius_normalize_reference(w, disjoint_neurons, eps)
         _check(w)
         return frobenius_forward(_rows(w, disjoint_neurons), eps).reshape(w.shape)
 
-    @torch.library.triton_op("liptriton::frobenius_normalize_backward", mutates_args=())
-    def _frobenius_normalize_backward_op(grad: Tensor, w: Tensor, disjoint_neurons: bool,
-                                         eps: float) -> Tensor:
-        """Gradient of ``liptriton::frobenius_normalize`` wrt ``w`` (Triton, or the torch formula)."""
-        if not kernel_runnable(w):
-            return _frobenius_backward_reference(grad, w, disjoint_neurons, eps)
+    def _frobenius_backward(grad: Tensor, w: Tensor, disjoint_neurons: bool, eps: float) -> Tensor:
         rows = _rows(w, disjoint_neurons)
         return frobenius_backward(grad.reshape(rows.shape), rows, eps).reshape(w.shape)
 
-    def _setup_context(ctx, inputs, output) -> None:
-        w, disjoint_neurons, eps = inputs
-        ctx.save_for_backward(w)
-        ctx.disjoint_neurons, ctx.eps = disjoint_neurons, eps
-
-    def _backward(ctx, grad: Tensor):
-        (w,) = ctx.saved_tensors
-        grad_w = torch.ops.liptriton.frobenius_normalize_backward(grad, w, ctx.disjoint_neurons, ctx.eps)
-        return grad_w, None, None
-
-    torch.library.register_autograd("liptriton::frobenius_normalize", _backward, setup_context=_setup_context)
+    register_triton_op("frobenius_normalize", reference=frobenius_normalize_reference, forward=_frobenius_forward,
+                       reference_backward=_frobenius_backward_reference, backward=_frobenius_backward)

@@ -18,7 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from liptriton.ops._dispatch import HAS_TRITON, kernel_runnable, use_triton
+from liptriton.ops._checks import normalize_dim
+from liptriton.ops._dispatch import HAS_TRITON, kernel_runnable, transforms_active, use_triton
+from liptriton.ops._register import register_triton_op
 
 __all__ = [
     "check_group_sort_args",
@@ -26,32 +28,7 @@ __all__ = [
     "group_sort",
     "group_sort_backward_reference",
     "group_sort_reference",
-    "normalize_dim",
-    "transforms_active",
 ]
-
-
-def normalize_dim(x: Tensor, dim: int, who: str) -> int:
-    """Return ``dim`` in [0, x.dim()) (negative dims count from the end), or raise.
-
-    Args:
-        x: the input tensor.
-        dim: a dimension index, possibly negative.
-        who: the function or module named in the error.
-
-    Returns:
-        The non-negative dimension index.
-
-    Examples:
-        >>> normalize_dim(torch.zeros(2, 3, 4), -1, "GroupSort")
-        2
-    """
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"{who}: dim must be an int, got {type(dim).__name__}")
-    if not -x.dim() <= dim < x.dim():
-        raise ValueError(f"{who}: dim must be in [{-x.dim()}, {x.dim()}) for an input of shape "
-                         f"{tuple(x.shape)}, got {dim}")
-    return dim % x.dim()
 
 
 def check_group_sort_args(x: Tensor, group_size: int | None, dim: int, who: str) -> tuple[int, int]:
@@ -166,44 +143,28 @@ def group_sort_backward_reference(grad: Tensor, x: Tensor, group_size: int, dim:
 
 
 if HAS_TRITON:
-    from torch.library import triton_op, wrap_triton
-
     from liptriton.kernels import group_sort as _kernels
 
-    @triton_op("liptriton::group_sort", mutates_args=())
-    def _group_sort_op(x: Tensor, group_size: int, dim: int, scale: float) -> Tensor:
-        if not kernel_runnable(x) or not _kernels.sort_supported(x, group_size):
-            return group_sort_reference(x, group_size, dim, scale)
-        return _kernels.group_sort_forward(x, group_size, dim, scale, launch=wrap_triton)
+    def _group_sort_definition(x: Tensor, group_size: int, dim: int, scale: float) -> Tensor:
+        return group_sort_reference(x, group_size, dim, scale)
 
-    @triton_op("liptriton::group_sort_backward", mutates_args=())
-    def _group_sort_backward_op(grad: Tensor, x: Tensor, group_size: int, dim: int, scale: float) -> Tensor:
-        if not kernel_runnable(x) or not _kernels.sort_supported(x, group_size):
-            return group_sort_backward_reference(grad, x, group_size, dim, scale)
-        return _kernels.group_sort_backward(grad, x, group_size, dim, scale, launch=wrap_triton)
+    def _takes_kernel(x: Tensor, group_size: int, *args) -> bool:
+        return kernel_runnable(x) and _kernels.sort_supported(x, group_size)
 
-    def _setup_context(ctx, inputs, output) -> None:
-        x, ctx.group_size, ctx.dim, ctx.scale = inputs
-        ctx.save_for_backward(x)
-
-    def _backward(ctx, grad: Tensor):
-        (x,) = ctx.saved_tensors
-        dx = torch.ops.liptriton.group_sort_backward(grad, x, ctx.group_size, ctx.dim, ctx.scale)
-        return dx, None, None, None
-
-    _group_sort_op.register_autograd(_backward, setup_context=_setup_context)
-
-    def _setup_double(ctx, inputs, output) -> None:
-        _, x, ctx.group_size, ctx.dim, ctx.scale = inputs
-        ctx.save_for_backward(x)
-
-    def _double_backward(ctx, grad_dx: Tensor):
+    def _group_sort_double_backward(grad_dx: Tensor, x: Tensor, group_size: int, dim: int, scale: float) -> Tensor:
         # dx = scale * P^T dy is linear in dy (P: the sort permutation, locally constant in x):
         # its vjp w.r.t. dy applies P; w.r.t. x it is zero. Torch ops: double backward is rare.
-        (x,) = ctx.saved_tensors
-        return _apply_sort_permutation(grad_dx, x, ctx.group_size, ctx.dim, ctx.scale), None, None, None, None
+        return _apply_sort_permutation(grad_dx, x, group_size, dim, scale)
 
-    _group_sort_backward_op.register_autograd(_double_backward, setup_context=_setup_double)
+    def _group_sort_forward(x: Tensor, group_size: int, dim: int, scale: float) -> Tensor:
+        return _kernels.group_sort_forward(x, group_size, dim, scale)
+
+    def _group_sort_backward(grad: Tensor, x: Tensor, group_size: int, dim: int, scale: float) -> Tensor:
+        return _kernels.group_sort_backward(grad, x, group_size, dim, scale)
+
+    register_triton_op("group_sort", reference=_group_sort_definition, forward=_group_sort_forward,
+                       reference_backward=group_sort_backward_reference, backward=_group_sort_backward,
+                       takes_kernel=_takes_kernel, double_backward=_group_sort_double_backward)
 
 
 def _apply_sort_permutation(v: Tensor, x: Tensor, group_size: int, dim: int, scale: float) -> Tensor:
@@ -218,21 +179,6 @@ def _apply_sort_permutation(v: Tensor, x: Tensor, group_size: int, dim: int, sca
     else:
         out = torch.gather(w, dim + 1, torch.sort(xg, dim=dim + 1, stable=True).indices)
     return (out * scale).reshape(x.shape)
-
-
-def transforms_active() -> bool:
-    """Return True inside a torch.func transform (vmap, jacrev, ...) outside torch.compile.
-
-    The triton_ops have no functorch rules, so the public ops take their torch reference there.
-
-    Returns:
-        Whether a functorch transform is active.
-
-    Examples:
-        >>> transforms_active()
-        False
-    """
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
 
 
 def _kernel_takes(x: Tensor, group_size: int) -> bool:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from liptriton.ops._dispatch import HAS_TRITON, float32_compute, kernel_runnable, use_triton
+from liptriton.ops._register import register_triton_op
 
 __all__ = ["householder_product", "householder_product_reference"]
 
@@ -113,33 +114,17 @@ def _householder_backward_reference(grad: Tensor, v: Tensor, rows: int, cols: in
 if HAS_TRITON:
     from liptriton.kernels.householder import HOUSEHOLDER_MAX_DIM, householder_backward, householder_forward
 
-    def _runnable(v: Tensor) -> bool:
+    def _takes_kernel(v: Tensor, *args) -> bool:
         return kernel_runnable(v) and v.shape[1] <= HOUSEHOLDER_MAX_DIM and v.shape[0] > 0
 
-    @torch.library.triton_op("liptriton::householder_product", mutates_args=())
-    def _householder_product_op(v: Tensor, rows: int, cols: int, eps: float) -> Tensor:
+    def _householder_forward(v: Tensor, rows: int, cols: int, eps: float) -> Tensor:
         """Triton path of :func:`householder_product` (torch reference beyond the kernel's d)."""
-        if not _runnable(v):
-            return householder_product_reference(v, rows, cols, eps)
         _check(v, rows, cols)
         return householder_forward(v, rows, cols, eps)
 
-    @torch.library.triton_op("liptriton::householder_product_backward", mutates_args=())
-    def _householder_product_backward_op(grad: Tensor, v: Tensor, rows: int, cols: int,
-                                         eps: float) -> Tensor:
-        """Gradient of ``liptriton::householder_product`` wrt ``v`` (iterates recomputed)."""
-        if not _runnable(v):
-            return _householder_backward_reference(grad, v, rows, cols, eps)
+    def _householder_backward(grad: Tensor, v: Tensor, rows: int, cols: int, eps: float) -> Tensor:
         return householder_backward(grad, v, rows, cols, eps)
 
-    def _setup_context(ctx, inputs, output) -> None:
-        v, rows, cols, eps = inputs
-        ctx.save_for_backward(v)
-        ctx.rows, ctx.cols, ctx.eps = rows, cols, eps
-
-    def _backward(ctx, grad: Tensor):
-        (v,) = ctx.saved_tensors
-        grad_v = torch.ops.liptriton.householder_product_backward(grad, v, ctx.rows, ctx.cols, ctx.eps)
-        return grad_v, None, None, None
-
-    torch.library.register_autograd("liptriton::householder_product", _backward, setup_context=_setup_context)
+    register_triton_op("householder_product", reference=householder_product_reference, forward=_householder_forward,
+                       reference_backward=_householder_backward_reference, backward=_householder_backward,
+                       takes_kernel=_takes_kernel)

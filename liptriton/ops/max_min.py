@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from liptriton.ops._dispatch import HAS_TRITON, kernel_runnable, use_triton
-from liptriton.ops.group_sort import normalize_dim, transforms_active
+from liptriton.ops._checks import normalize_dim
+from liptriton.ops._dispatch import HAS_TRITON, transforms_active, use_triton
+from liptriton.ops._register import register_triton_op
 
 __all__ = ["check_max_min_args", "max_min", "max_min_backward_reference", "max_min_reference"]
 
@@ -90,44 +91,26 @@ def max_min_backward_reference(grad: Tensor, x: Tensor, dim: int, scale: float =
 
 
 if HAS_TRITON:
-    from torch.library import triton_op, wrap_triton
-
     from liptriton.kernels import max_min as _kernels
 
-    @triton_op("liptriton::max_min", mutates_args=())
-    def _max_min_op(x: Tensor, dim: int, scale: float) -> Tensor:
-        if not kernel_runnable(x):
-            return max_min_reference(x, dim, scale)
-        return _kernels.max_min_forward(x, dim, scale, launch=wrap_triton)
+    def _max_min_definition(x: Tensor, dim: int, scale: float) -> Tensor:
+        return max_min_reference(x, dim, scale)
 
-    @triton_op("liptriton::max_min_backward", mutates_args=())
-    def _max_min_backward_op(grad: Tensor, x: Tensor, dim: int, scale: float) -> Tensor:
-        if not kernel_runnable(x):
-            return max_min_backward_reference(grad, x, dim, scale)
-        return _kernels.max_min_backward(grad, x, dim, scale, launch=wrap_triton)
-
-    def _setup_context(ctx, inputs, output) -> None:
-        x, ctx.dim, ctx.scale = inputs
-        ctx.save_for_backward(x)
-
-    def _backward(ctx, grad: Tensor):
-        (x,) = ctx.saved_tensors
-        return torch.ops.liptriton.max_min_backward(grad, x, ctx.dim, ctx.scale), None, None
-
-    _max_min_op.register_autograd(_backward, setup_context=_setup_context)
-
-    def _setup_double(ctx, inputs, output) -> None:
-        _, x, ctx.dim, ctx.scale = inputs
-        ctx.save_for_backward(x)
-
-    def _double_backward(ctx, grad_dx: Tensor):
+    def _max_min_double_backward(grad_dx: Tensor, x: Tensor, dim: int, scale: float) -> Tensor:
         # dx is linear in dy with a mask locally constant in x: vjp w.r.t. dy, zero w.r.t. x.
-        (x,) = ctx.saved_tensors
         zero = torch.zeros((), dtype=grad_dx.dtype, device=grad_dx.device)
         pos, neg = torch.where(x > 0, grad_dx, zero), torch.where(x < 0, -grad_dx, zero)
-        return torch.cat((pos, neg), ctx.dim) * ctx.scale, None, None, None
+        return torch.cat((pos, neg), dim) * scale
 
-    _max_min_backward_op.register_autograd(_double_backward, setup_context=_setup_double)
+    def _max_min_forward(x: Tensor, dim: int, scale: float) -> Tensor:
+        return _kernels.max_min_forward(x, dim, scale)
+
+    def _max_min_backward(grad: Tensor, x: Tensor, dim: int, scale: float) -> Tensor:
+        return _kernels.max_min_backward(grad, x, dim, scale)
+
+    register_triton_op("max_min", reference=_max_min_definition, forward=_max_min_forward,
+                       reference_backward=max_min_backward_reference, backward=_max_min_backward,
+                       double_backward=_max_min_double_backward)
 
 
 def max_min(x: Tensor, dim: int | None = None, scale: float = 1.0) -> Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from liptriton.ops._dispatch import HAS_TRITON, kernel_runnable, use_triton
+from liptriton.ops._register import register_triton_op
 
 __all__ = ["power_iteration", "power_iteration_reference", "spectral_sigma"]
 
@@ -116,13 +117,15 @@ def spectral_sigma(w: Tensor, u: Tensor, v: Tensor) -> Tensor:
 if HAS_TRITON:
     from liptriton.kernels.power_iteration import power_iteration_forward
 
-    @torch.library.triton_op("liptriton::power_iteration", mutates_args=())
-    def _power_iteration_op(w: Tensor, u: Tensor, v: Tensor, n_iters: int,
-                            eps: float) -> tuple[Tensor, Tensor]:
-        """Triton path of :func:`power_iteration` (not differentiable: no autograd registered)."""
-        if not kernel_runnable(w) or w.numel() == 0:
-            return power_iteration_reference(w, u, v, n_iters, eps)
+    def _takes_kernel(w: Tensor, *args) -> bool:
+        return kernel_runnable(w) and w.numel() > 0
+
+    def _power_iteration_forward(w: Tensor, u: Tensor, v: Tensor, n_iters: int, eps: float) -> tuple[Tensor, Tensor]:
+        """Triton path of :func:`power_iteration` (not differentiable: no backward)."""
         _check(w, u, v, n_iters)
         m, n = w.shape[-2:]
         u_new, v_new = power_iteration_forward(w.reshape(-1, m, n), u.reshape(-1, m), n_iters, eps)
         return u_new.reshape(u.shape).to(w.dtype), v_new.reshape(v.shape).to(w.dtype)
+
+    register_triton_op("power_iteration", reference=power_iteration_reference, forward=_power_iteration_forward,
+                       takes_kernel=_takes_kernel)

@@ -1,45 +1,5 @@
-"""Square root whose gradient stays finite at 0: ``d sqrt(x) / dx = 1 / (2 (sqrt(x) + eps))``."""
+"""Deprecated: moved to :mod:`liptriton.functional.sqrt_with_gradeps` (a torch function, no kernel)."""
 
-from __future__ import annotations
+from liptriton.ops._moved import moved
 
-from typing import Any
-
-import torch
-from torch import Tensor
-
-__all__ = ["sqrt_with_gradeps"]
-
-
-class _SqrtEpsGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, input: Tensor, eps: float) -> Tensor:
-        out = torch.sqrt(input)
-        ctx.save_for_backward(out)
-        ctx.eps = eps
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
-        (out,) = ctx.saved_tensors
-        return grad_output / (2 * (out + ctx.eps)), None
-
-
-def sqrt_with_gradeps(input: Tensor, eps: float = 1e-6) -> Tensor:
-    r"""``sqrt(input)`` with the gradient :math:`1 / (2 (\sqrt{x} + \epsilon))` (finite at 0).
-
-    As deel-torchlip's ``utils.sqrt_with_gradeps`` (used by L2-norm pooling).
-
-    Args:
-        input: a non-negative tensor.
-        eps: added to ``sqrt(input)`` in the gradient's denominator (> 0).
-
-    Returns:
-        ``sqrt(input)``.
-
-    Examples:
-        >>> x = torch.zeros(2, requires_grad=True)
-        >>> sqrt_with_gradeps(x).sum().backward()
-        >>> x.grad
-        tensor([500000., 500000.])
-    """
-    return _SqrtEpsGrad.apply(input, eps)
+globals().update(moved(__name__, "liptriton.functional.sqrt_with_gradeps"))

@@ -9,41 +9,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-from liptriton.ops.conv_operator import ConvSpec
-from liptriton.parametrizations._certified import BOUNDS, CertifiedConvNorm, CertifiedMatrixNorm
+from liptriton.bounds.conv_operator import ConvSpec
+from liptriton.parametrizations._certified import CertifiedConvNorm, CertifiedMatrixNorm
 from liptriton.parametrizations._state import ConvNormState, MatrixNormState
 
 __all__ = [
     "LipschitzParametrization", "WeightLayout", "ConvNormState", "MatrixNormState", "CertifiedConvNorm",
-    "CertifiedMatrixNorm", "register", "initialize", "check_positive", "check_iters", "check_bound",
-    "make_conv_state", "make_matrix_state",
+    "CertifiedMatrixNorm", "register", "initialize", "make_conv_state", "make_matrix_state",
 ]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def check_positive(owner: str, arg: str, value: float) -> float:
-    """Return ``float(value)`` or raise a ValueError naming ``owner`` and ``arg``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: {arg} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_iters(owner: str, arg: str, value: int | None, optional: bool = False) -> int | None:
-    """Return ``value`` if it is an int >= 1 (or None when ``optional``), else raise a ValueError
-    naming ``owner`` and ``arg``."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {arg} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def check_bound(owner: str, bound: str) -> str:
-    """Return ``bound`` if it is "certified" or "estimate", else raise a ValueError naming ``owner``."""
-    if bound not in BOUNDS:
-        raise ValueError(f"{owner}: bound must be one of {BOUNDS}, got {bound!r}")
-    return bound
 
 
 def make_conv_state(bound: str, layout: WeightLayout, in_channels: int | None, input_size: tuple[int, ...] | None,
@@ -148,9 +123,14 @@ class LipschitzParametrization(nn.Module):
         self._owner: list[nn.Module] = []
 
     def lipschitz_bound(self) -> float:
-        """Return the l2 Lipschitz constant of the operator the layer applies: guaranteed at every
-        forward with ``bound="certified"`` (the default); with ``bound="estimate"`` only once the
-        power iteration has converged (eval, export), not during training."""
+        """Return the l2 Lipschitz constant of the operator the layer applies (``k``).
+
+        It is an upper bound at every forward, in training too, with the default
+        ``bound="certified"`` and for the constraints without an estimate (Frobenius, a dense
+        Björck or Householder weight). With ``bound="estimate"`` (Spectral; the convolution
+        operator of Björck and Householder) the divisor is a power-iteration estimate from
+        below: the bound holds once it has converged (eval mode, export), not during training.
+        """
         return self.k
 
     def compute(self, w: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -193,16 +173,40 @@ class LipschitzParametrization(nn.Module):
             self._cache_key = None  # training changes the parameters: recompute in the next eval
         return self
 
-    def converge(self) -> None:
-        """Converge the power-iteration state on the current weight and cache the eval weight.
+    def invalidate(self) -> None:
+        """Forget the cached eval weight (after a change the version counter cannot see, e.g. of ``k``
+        or of the iteration state loaded from a file)."""
+        self._cache, self._cache_key = None, None
 
-        No gradient; the state is updated in place. Called when the model switches to eval.
+    def set_k(self, k: float) -> None:
+        """Make the layer ``k``-Lipschitz from now on (the next forward uses the new ``k``)."""
+        self.k = k
+        self.invalidate()
+
+    def converge(self, w: Tensor | None = None, steps: int | None = None) -> None:
+        """Converge the iteration state on the weight and cache the eval weight (no gradient).
+
+        The one convergence of a parametrization: called when the model switches to eval (``w``
+        None: the layer's own parameter; a convolution that saw no input yet converges at its
+        first forward instead), and by export (``w`` given: the input of this parametrization,
+        converged even at a convolution's default input size; ``steps`` power steps, default
+        each state's ``n_iters_init``).
+
+        Args:
+            w: the tensor this parametrization receives (None: the registered original).
+            steps: power steps from the current state (None: ``n_iters_init``).
         """
-        original = getattr(self._owner[0], "original", None) if self._owner else None
+        explicit = w is not None
+        if w is None:
+            w = getattr(self._owner[0], "original", None) if self._owner else None
         conv = getattr(self, "conv", None)
-        if original is None or torch.compiler.is_compiling() or (conv is not None and not conv.observed):
-            return  # (a convolution that saw no input yet converges at its first forward)
-        self._store(original, self.converge_states(original))
+        if w is None or torch.compiler.is_compiling() or (not explicit and conv is not None and not conv.observed):
+            return
+        self._store(w, self._converged(w, steps))
+
+    def _converged(self, w: Tensor, steps: int | None) -> Tensor:
+        """The eval weight computed with converged states (subclasses add their own eval choices)."""
+        return self.converge_states(w, steps)
 
     def converge_states(self, original: Tensor, steps: int | None = None) -> Tensor:
         """Run ``steps`` (default: each state's ``n_iters_init``) power steps on the weight and
@@ -271,7 +275,7 @@ def _observe_input(name: str, module: nn.Module, args: tuple) -> None:
             size = conv.input_size
             conv.observe(args[0])
             if conv.input_size != size and isinstance(p, LipschitzParametrization):
-                p._cache_key = None  # the eval weight was normalized at another input size
+                p.invalidate()  # the eval weight was normalized at another input size
 
 
 def initialize(model: nn.Module, *example_inputs: Tensor) -> nn.Module:

@@ -1,6 +1,6 @@
 """Certified norm states: the divisor of a parametrization is a proven upper bound of the norm of
 the operator the layer applies, recomputed at every training forward (see
-:mod:`liptriton.ops.certified_norm`), and within about 0.1% of it once the warm-started power
+:mod:`liptriton.bounds.certified_norm`), and within about 0.1% of it once the warm-started power
 iteration has converged. The estimate-only states of ``_state.py`` stay available behind
 ``bound="estimate"``."""
 
@@ -11,9 +11,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from liptriton.ops.certified_norm import certified_sigma, certify_top_eigenvalue, top_index
-from liptriton.ops.conv_fourier import FourierPlan, fourier_blocks, fourier_gram, fourier_plan
-from liptriton.ops.conv_operator import ConvSpec, conv_apply, conv_power_iteration
+from liptriton.bounds.certified_norm import certified_sigma, certify_top_eigenvalue, top_index
+from liptriton.bounds.conv_fourier import FourierPlan, fourier_blocks, fourier_gram, fourier_plan
+from liptriton.bounds.conv_operator import ConvSpec, conv_apply, conv_power_iteration
 from liptriton.parametrizations._state import ConvNormState
 
 __all__ = ["CertifiedConvNorm", "CertifiedMatrixNorm", "BOUNDS"]
@@ -123,7 +123,7 @@ class CertifiedConvNorm(_Certified, ConvNormState):
     """Certified norm of a convolution operator at the largest input size seen.
 
     Small operators (matrix of at most 2**18 entries) use the exact operator matrix; larger ones
-    its frequency blocks (:mod:`liptriton.ops.conv_fourier`), a guaranteed bound whose excess
+    its frequency blocks (:mod:`liptriton.bounds.conv_fourier`), a guaranteed bound whose excess
     over the norm shrinks with the input size (+2 to +4% at 8 x 8, +0.2% at 28 x 28). The input
     size is learned as in :class:`ConvNormState`, whose single vector ``x`` is kept converged
     on the real operator only when the state converges (for export's measured norm).

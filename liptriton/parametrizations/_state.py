@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from liptriton.ops.conv_operator import ConvSpec, conv_operator_norm, conv_subspace_iteration
+from liptriton.bounds.conv_operator import ConvSpec, conv_operator_norm, conv_subspace_iteration
 from liptriton.ops.power_iteration import power_iteration, spectral_sigma
 
 __all__ = ["ConvNormState", "MatrixNormState"]
@@ -88,6 +88,15 @@ class ConvNormState(nn.Module):
         self.x = self._fresh(self.x.shape[1], grown, self.x.device)
         self.fresh, self.observed = True, True
 
+    def flags(self) -> dict[str, bool]:
+        """The state's Python flags (what a checkpoint saves beside the buffers)."""
+        return {"fresh": bool(self.fresh), "observed": bool(self.observed)}
+
+    def load_flags(self, flags: dict[str, bool]) -> None:
+        """Restore :meth:`flags` (keys ``fresh``, ``observed``)."""
+        self.fresh = bool(flags.get("fresh", self.fresh))
+        self.observed = bool(flags.get("observed", self.observed))
+
     def norm(self, w: Tensor, update: bool) -> Tensor:
         """Return the operator-norm estimate of ``w`` (differentiable), iterating first if asked.
 
@@ -134,6 +143,14 @@ class MatrixNormState(nn.Module):
         self.register_buffer("u", u / u.norm(dim=-1, keepdim=True))
         self.register_buffer("v", v / v.norm(dim=-1, keepdim=True))
         self.fresh = True
+
+    def flags(self) -> dict[str, bool]:
+        """The state's Python flags (what a checkpoint saves beside the buffers)."""
+        return {"fresh": bool(self.fresh)}
+
+    def load_flags(self, flags: dict[str, bool]) -> None:
+        """Restore :meth:`flags` (key ``fresh``)."""
+        self.fresh = bool(flags.get("fresh", self.fresh))
 
     def norm(self, wb: Tensor, update: bool) -> Tensor:
         """Return sigma_max estimates (B,) of ``wb`` (differentiable), iterating first if asked."""

@@ -6,20 +6,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from liptriton.bounds.gram_bound import gram_spectral_bound
 from liptriton.ops.bjorck import bjorck as bjorck_op
 from liptriton.ops.bjorck import bjorck_coefficients
 from liptriton.ops.bjorck_gram import bjorck_gram, gram_pays
-from liptriton.ops.gram_bound import gram_spectral_bound
 from liptriton.parametrizations._base import (
     LipschitzParametrization,
     MatrixNormState,
     WeightLayout,
-    check_bound,
-    check_iters,
-    check_positive,
     make_conv_state,
     register,
 )
+from liptriton.parametrizations._checks import check_bound, check_iters, check_positive
 
 __all__ = ["Bjorck", "bjorck"]
 
@@ -103,19 +101,30 @@ class Bjorck(LipschitzParametrization):
                 q, err, extra = q1, err1, extra + 1
         return extra
 
-    def converge(self) -> None:
-        """At the switch to eval: converge the power iterations, choose the extra Björck steps
-        that still make the weight more orthogonal, and cache the eval weight."""
-        original = getattr(self._owner[0], "original", None) if self._owner else None
-        conv = getattr(self, "conv", None)
-        if original is None or torch.compiler.is_compiling() or (conv is not None and not conv.observed):
-            return
-        out = self.converge_states(original)
-        self.eval_extra = self.extra_steps(original)
+    def _converged(self, w: Tensor, steps: int | None) -> Tensor:
+        """Converged power iterations, then the extra Björck steps that still make the weight
+        more orthogonal (:meth:`extra_steps`), and the eval weight with them."""
+        out = self.converge_states(w, steps)
+        self.eval_extra = self.extra_steps(w)
         if self.eval_extra:
             # the more orthogonal kernel (and, for a convolution, its operator norm)
-            out = self.converge_states(original) if conv is not None else self._compute(original).detach()
-        self._store(original, out)
+            conv = getattr(self, "conv", None)
+            out = self.converge_states(w, steps) if conv is not None else self._compute(w).detach()
+        return out
+
+    def set_power_iters(self, matrix: int | None = None, conv: int | None = None) -> None:
+        """Power steps per training forward of the pre-normalization's matrix state and of the
+        convolution operator's state (None: unchanged).
+
+        Examples:
+            >>> import torch, liptriton
+            >>> lin = liptriton.bjorck(torch.nn.Linear(4, 4))
+            >>> lin.parametrizations.weight[0].set_power_iters(matrix=5)
+        """
+        if matrix is not None:
+            self.state.n_iters = check_iters(type(self).__name__, "matrix power_iters", matrix)
+        if conv is not None and getattr(self, "conv", None) is not None:
+            self.conv.n_iters = check_iters(type(self).__name__, "conv power_iters", conv)
 
     def compute(self, w: Tensor) -> Tensor:
         wb = self.layout.to_batch(w)

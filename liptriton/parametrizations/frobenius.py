@@ -6,9 +6,10 @@ import math
 
 from torch import Tensor, nn
 
-from liptriton.ops.conv_reads import max_reads
+from liptriton.bounds.conv_reads import max_reads
 from liptriton.ops.frobenius import frobenius_normalize
-from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout, check_positive, register
+from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout, register
+from liptriton.parametrizations._checks import check_positive
 
 __all__ = ["Frobenius", "frobenius", "conv_overlap"]
 
@@ -20,7 +21,7 @@ def conv_overlap(layout: WeightLayout) -> int:
     element appears at most ``overlap`` times in the unfolded (im2col) input. Per dimension,
     taps ``t`` reaching one input position differ by multiples of ``s / gcd(s, d)``. Padding
     modes that copy input elements (reflect, replicate, circular, symmetric) add the reads of
-    the copies (:func:`liptriton.ops.conv_reads.max_reads`, over every input size).
+    the copies (:func:`liptriton.bounds.conv_reads.max_reads`, over every input size).
     """
     if layout.spec is None:
         return 1
@@ -54,6 +55,11 @@ class Frobenius(LipschitzParametrization):
         self.disjoint_neurons = bool(disjoint_neurons)
         self.scale = k / math.sqrt(conv_overlap(layout))
         self.transposed = bool(layout.spec is not None and layout.spec.transposed)
+
+    def set_k(self, k: float) -> None:
+        """Make the layer ``k``-Lipschitz from now on (the scale follows ``k``)."""
+        self.scale = self.scale * (k / self.k)
+        super().set_k(k)
 
     def lipschitz_bound(self) -> float:
         """The layer's bound: ``k``, or ``k * sqrt(outputs)`` for disjoint neurons (each is k)."""

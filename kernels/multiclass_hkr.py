@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from liptriton.kernels._helpers import launch
 
 __all__ = ["multiclass_hkr_forward"]
 
@@ -101,7 +102,7 @@ def multiclass_hkr_forward(x: torch.Tensor, target: torch.Tensor, kr_pos: torch.
     block_c = min(triton.next_power_of_2(max(c, 1)), 1024)
     block_n = max(1, min(triton.next_power_of_2(max(n, 1)), 4096 // block_c, 64))
     grid = (triton.cdiv(n, block_n),)
-    torch.library.wrap_triton(_multiclass_hkr_fwd_kernel)[grid](
+    launch(_multiclass_hkr_fwd_kernel)[grid](
         x, target, kr_pos, kr_neg, loss, grad,
         n, c, x.stride(0), target.stride(0), c,
         float(alpha), float(min_margin) / 2.0, float(pos_weight), 1.0 / float(c),
