@@ -97,11 +97,21 @@ def _is_layer(mod: nn.Module) -> bool:
     return isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd))
 
 
+_METADATA = ("shape", "dtype", "device", "ndim", "layout", "is_cuda")
+
+
 def _depends(gm: fx.GraphModule) -> set[str]:
-    """Names of the nodes whose value depends on the model's inputs."""
+    """Names of the nodes whose value depends on the values of the model's inputs.
+
+    Shapes are not values: ``x.size()``, ``x.shape``, ``x.dim()`` and everything computed from them
+    alone (``floordiv`` of a channel count, ``eq`` / ``_assert`` checks, the shape given to
+    ``expand`` or ``view``) are constants for a given input size.
+    """
     depends: set[str] = set()
     for node in gm.graph.nodes:
-        if node.op == "placeholder" or any(a.name in depends for a in node.all_input_nodes):
+        metadata = (node.op == "call_method" and node.target in ("size", "dim", "numel")) or (
+            node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA)
+        if node.op == "placeholder" or (not metadata and any(a.name in depends for a in node.all_input_nodes)):
             depends.add(node.name)
     return depends
 
