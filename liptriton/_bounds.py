@@ -67,11 +67,22 @@ class NodeBound:
     note: str = ""
 
 
+def is_stochastic_depth(module: nn.Module) -> bool:
+    """Whether ``module`` is torchvision's ``StochasticDepth`` (recognized without importing torchvision)."""
+    return type(module).__name__ == "StochasticDepth" and type(module).__module__.startswith("torchvision.")
+
+
 class LeafTracer(fx.Tracer):
-    """fx tracer whose leaves are the modules with a Lipschitz rule (and every torch.nn module)."""
+    """fx tracer whose leaves are the modules with a Lipschitz rule (and every torch.nn module).
+
+    torchvision's ``StochasticDepth`` is a leaf too: traced through, its ``self.training`` would be
+    frozen into the graph as a constant (always off, or always on).
+    """
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (ConvexSum, Scaled, ScaledAdaptivePool)) or type(m).__name__ in _LIP_ACTS + _LIP_LEAVES:
+            return True
+        if is_stochastic_depth(m):
             return True
         if callable(getattr(m, "lipschitz_bound", None)) and all(n == "parametrizations" for n, _ in m.named_children()):
             return True  # a layer with its own bound; containers (liptriton.Sequential) are traced through
@@ -131,6 +142,10 @@ def module_constant(module: nn.Module, in_shape: tuple[int, ...] | None, nominal
         return c, "max |f'|"
     if isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)):
         return 1.0, "identity in eval"
+    if is_stochastic_depth(module):
+        if module.training and module.p > 0:
+            return _INF, "stochastic depth in training is random"
+        return 1.0, "stochastic depth: identity in eval"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         if module.training or module.running_var is None:
             return _INF, "batch statistics (not an eval-mode affine map)"
@@ -200,8 +215,8 @@ def _has_integer_part(node: fx.Node) -> bool:
     return any(getattr(m, "dtype", torch.float32).is_floating_point is False for m in meta)
 
 
-def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None = None
-              ) -> tuple[list[NodeBound], float]:
+def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None = None,
+              unbounded_as_one: bool = False) -> tuple[list[NodeBound], float]:
     """Propagate bounds through ``gm`` (shapes in ``node.meta['tensor_meta']`` where known).
 
     Every node gets the bound of its value as a function of the model input; a node whose
@@ -212,6 +227,9 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
         gm: a traced module (leaves as :class:`LeafTracer` picks them).
         nominal: see :func:`module_constant`.
         step: called after each node (progress).
+        unbounded_as_one: count a node without a finite constant as 1-Lipschitz in its inputs
+            (quadrature); its row keeps ``local = inf``. lipschitzify(strict=False) scales what it
+            covers with this (the result is not a bound of the whole model).
 
     Returns:
         (rows, bound of the output).
@@ -280,6 +298,8 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
                 local, bound, note = _INF, _INF, f"{meta.dtype} valued: discontinuous in the input ({note})"
             local, bound, why = check_inplace(node, gm, local, bound, ctx, bounds, order, groups)
             note = why or note
+        if unbounded_as_one and math.isinf(local) and node.op != "output":
+            bound = math.sqrt(sum(b(a) ** 2 for a in node.all_input_nodes))
         bounds[node.name] = bound
         if node.op == "output":
             out = bound

@@ -254,6 +254,12 @@ def convert_module(mod: nn.Module, where: str, report, ctx: dict) -> nn.Module |
             return nn.Identity()
         report.change(where, name, "kept: identity in eval (the training forward scales by 1/(1-p))")
         return None
+    if type(mod).__name__ == "StochasticDepth" and type(mod).__module__.startswith("torchvision."):
+        if ctx["dropout"] == "remove":
+            report.change(where, name, "removed (Identity)")
+            return nn.Identity()
+        report.change(where, name, "kept: identity in eval (in training it drops residual branches, like dropout)")
+        return None
     if isinstance(mod, _BN):
         if ctx["batchnorm"] == "error":
             report.block(where, f"{name} (batchnorm='error'; use 'fold' or 'remove')")
