@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.nn.utils import parametrize
 
 from liptriton._origin import INSERTED
 
@@ -121,8 +122,8 @@ def unconstrained_weights(gm: fx.GraphModule) -> list[tuple[str, str]]:
                 users.setdefault(node.target, getattr(user.target, "__name__", str(user.target)))
     out = []
     for mod_name, mod in gm.named_modules():
-        if isinstance(mod, ConvexSum) or type(mod).__name__ == "LipResidual":
-            continue
+        if isinstance(mod, (ConvexSum, parametrize.ParametrizationList)) or type(mod).__name__ == "LipResidual":
+            continue  # (a parametrized tensor is looked at from the module that owns it)
         plists = getattr(mod, "parametrizations", None)
         for name, p in mod.named_parameters(recurse=False):
             if not p.requires_grad:
