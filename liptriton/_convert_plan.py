@@ -99,7 +99,7 @@ def replace_relu_family(gm: fx.GraphModule, report, depends: set[str]) -> None:
         gm.delete_all_unused_submodules()
 
 
-def unconstrained_weights(gm: fx.GraphModule) -> list[tuple[str, str]]:
+def unconstrained_weights(gm: nn.Module) -> list[tuple[str, str]]:
     """``(parameter, how it is used)`` for every trainable parameter that no liptriton
     parametrization constrains and whose value can change the model's constant.
 
@@ -108,7 +108,7 @@ def unconstrained_weights(gm: fx.GraphModule) -> list[tuple[str, str]]:
     layer-scale factor, a weight used through ``F.linear`` in attention, ...).
 
     Args:
-        gm: the converted model.
+        gm: the converted model (a GraphModule when traced).
 
     Returns:
         The list, in module order.
@@ -116,7 +116,7 @@ def unconstrained_weights(gm: fx.GraphModule) -> list[tuple[str, str]]:
     from liptriton._rules import ConvexSum
 
     users: dict[str, str] = {}
-    for node in gm.graph.nodes:
+    for node in gm.graph.nodes if isinstance(gm, fx.GraphModule) else ():  # (an untraced model: no graph)
         if node.op == "get_attr":
             for user in node.users:
                 users.setdefault(node.target, getattr(user.target, "__name__", str(user.target)))
