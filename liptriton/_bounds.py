@@ -143,8 +143,6 @@ def module_constant(module: nn.Module, in_shape: tuple[int, ...] | None, nominal
     if isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)):
         return 1.0, "identity in eval"
     if is_stochastic_depth(module):
-        if module.training and module.p > 0:
-            return _INF, "stochastic depth in training is random"
         return 1.0, "stochastic depth: identity in eval"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         if module.training or module.running_var is None:

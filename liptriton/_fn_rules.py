@@ -301,6 +301,14 @@ def _stochastic_depth(node, ctx):
     return unary(node, ctx, 1.0, "stochastic depth in eval: identity")
 
 
+def _normalization(node, ctx):
+    return INF, INF, (f"{getattr(node.target, '__name__', node.target)} divides by a data-dependent norm (no finite "
+                      "bound); use BatchLipNorm / LayerCentering")
+
+
+_register(_normalization, (F.layer_norm, F.group_norm, F.instance_norm, F.local_response_norm, F.rms_norm))
+
+
 # functions of optional libraries, by (module, name): recognized without importing them
 NAMED_RULES: dict[tuple[str, str], Rule] = {
     ("torchvision.ops.stochastic_depth", "stochastic_depth"): _stochastic_depth,

@@ -288,8 +288,10 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
         gm.recompile()
         rows, bound = propagate(gm, nominal=True)
         report.planned_bound = bound
+        targets = {n.name: n.target for n in gm.graph.nodes if n.op == "call_module"}
         for row in rows:
-            if math.isinf(row.local) and not any(w == row.name for w, _ in report.blockers):
+            known = {w for w, _ in report.blockers}
+            if math.isinf(row.local) and row.name not in known and targets.get(row.name) not in known:
                 report.block(row.name, f"{row.op}: {row.note}")
         explain_blockers(gm, report)
         if math.isinf(bound) and report.blockers:  # scale what is covered (blockers counted as 1)

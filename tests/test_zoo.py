@@ -36,7 +36,7 @@ def test_strict_conversion_with_example_input(name):
     lip = liptriton.lipschitzify(net, example_input=x, **FAST)
     report = lip.lipschitz_report
     assert report.blockers == [] and report.unconstrained == []
-    assert report.planned_bound <= 1.0 + 1e-9
+    assert report.planned_bound * report.output_scale <= 1.0 + 1e-9
     out = lip(x)
     assert out.shape == (2, 10) and bool(torch.isfinite(out).all())
 
@@ -72,7 +72,7 @@ def test_efficientnet_non_strict_does_not_crash_and_scales_what_it_covers():
     with pytest.warns(UserWarning, match="squeeze-excitation"):
         lip = liptriton.lipschitzify(net, strict=False, example_input=x, **FAST)
     report = lip.lipschitz_report
-    assert math.isfinite(report.planned_bound) and report.output_scale <= 1.0
+    assert math.isinf(report.planned_bound) and 0.0 < report.output_scale < 1.0  # no guarantee; the rest scaled
     kept = [a for w, o, a in report.changes if o == "StochasticDepth"]
     assert kept and all("identity in eval" in a for a in kept)
     assert bool(torch.isfinite(lip(x)).all())
