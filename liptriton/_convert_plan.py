@@ -84,6 +84,12 @@ def replace_relu_family(gm: fx.GraphModule, report, depends: set[str]) -> None:
         if channels is not None and channels % 2:
             report.change(node.name, what, f"kept: GroupSort2 needs an even channel count, got {channels}")
             continue
+        if node.op == "call_module":  # the module itself is replaced (a shared one once), under its own name
+            if not isinstance(gm.get_submodule(node.target), GroupSort2):
+                parent, _, leaf = node.target.rpartition(".")
+                setattr(gm.get_submodule(parent) if parent else gm, leaf, GroupSort2())
+                report.change(node.target, what, "GroupSort2: norm-preserving")
+            continue
         name = f"lip_groupsort_{count}"
         count += 1
         gm.add_submodule(name, GroupSort2())
