@@ -286,6 +286,29 @@ _register(lambda n, c: discontinuous(n, c, "integer valued (indices / counts)"),
           ("argmax", "argmin", "argsort", "nonzero", "unique", "bincount", "count_nonzero", "topk", "sort"))
 
 
+def _stochastic_depth(node, ctx):
+    """torchvision.ops.stochastic_depth(input, p, mode, training): identity unless training with p > 0."""
+    training = ctx.arg(node, "training", 3, True)
+    p = ctx.arg(node, "p", 1, 0.5)
+    if training and p > 0:
+        return INF, INF, "stochastic depth with training=True is random (use the StochasticDepth module)"
+    return unary(node, ctx, 1.0, "stochastic depth in eval: identity")
+
+
+def _normalization(node, ctx):
+    return INF, INF, (f"{getattr(node.target, '__name__', node.target)} divides by a data-dependent norm (no finite "
+                      "bound); use BatchLipNorm / LayerCentering")
+
+
+_register(_normalization, (F.layer_norm, F.group_norm, F.instance_norm, F.local_response_norm, F.rms_norm))
+
+
+# functions of optional libraries, by (module, name): recognized without importing them
+NAMED_RULES: dict[tuple[str, str], Rule] = {
+    ("torchvision.ops.stochastic_depth", "stochastic_depth"): _stochastic_depth,
+}
+
+
 def function_rule(node: fx.Node, ctx: RuleContext) -> tuple[float, float, str]:
     """(local, bound, note) of a ``call_function`` / ``call_method`` node; ``inf`` when no rule applies."""
     if node.op == "call_method":
@@ -301,6 +324,8 @@ def function_rule(node: fx.Node, ctx: RuleContext) -> tuple[float, float, str]:
         rule = RULES.get(node.target)
     except TypeError:  # an unhashable callable
         rule = None
+    if rule is None:
+        rule = NAMED_RULES.get((getattr(node.target, "__module__", None), getattr(node.target, "__name__", None)))
     if rule is None:
         return INF, INF, f"no Lipschitz rule for function {getattr(node.target, '__name__', node.target)}"
     return rule(node, ctx)

@@ -78,8 +78,8 @@ def _has_integer_part(node: fx.Node) -> bool:
     return any(getattr(m, "dtype", torch.float32).is_floating_point is False for m in meta)
 
 
-def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None = None
-              ) -> tuple[list[NodeBound], float]:
+def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None = None,
+              unbounded_as_one: bool = False) -> tuple[list[NodeBound], float]:
     """Propagate bounds through ``gm`` (shapes in ``node.meta['tensor_meta']`` where known).
 
     Every node gets the bound of its value as a function of the model input; a node whose
@@ -90,6 +90,9 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
         gm: a traced module (leaves as :class:`LeafTracer` picks them).
         nominal: see :func:`liptriton.rules.module_constant`.
         step: called after each node (progress).
+        unbounded_as_one: count a node without a finite constant as 1-Lipschitz in its inputs
+            (quadrature); its row keeps ``local = inf``. lipschitzify(strict=False) scales what it
+            covers with this (the result is not a bound of the whole model).
 
     Returns:
         (rows, bound of the output).
@@ -154,6 +157,8 @@ def propagate(gm: fx.GraphModule, nominal: bool, step: Callable[[], None] | None
                 local, bound, note = _INF, _INF, f"{meta.dtype} valued: discontinuous in the input ({note})"
             local, bound, why = check_inplace(node, gm, local, bound, ctx, bounds, order, groups)
             note = why or note
+        if unbounded_as_one and math.isinf(local) and node.op != "output":
+            bound = math.sqrt(sum(b(a) ** 2 for a in node.all_input_nodes))
         bounds[node.name] = bound
         if node.op == "output":
             out = bound

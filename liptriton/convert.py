@@ -30,6 +30,8 @@ from torch import fx, nn
 
 from liptriton._propagate import TRACE_ERRORS, LeafTracer, propagate
 from liptriton._fold_batchnorm import fold_batchnorm
+from liptriton._convert_plan import (explain_blockers, record_example_shapes, replace_relu_family, signal_ratio,
+                                    unconstrained_weights)
 from liptriton._origin import INSERTED, ORIGIN, record_origin
 from liptriton.bounds.activations import FUNCTION_CONSTANTS
 from liptriton.parametrizations import METHODS
@@ -54,6 +56,11 @@ class ConversionReport:
         layer_k: the constant given to each constrained layer.
         planned_bound: the bound of the converted model by the conversion's own rules.
         output_scale: the factor applied to the output (1 when none).
+        unconstrained: ``(parameter, how it is used)`` for every trainable parameter that no
+            liptriton parametrization constrains and whose value changes the constant.
+        signal: gradient norm through the converted network at the example input, divided by k
+            (1: every bit of the constant is used; near 0: a network that will barely train);
+            NaN without ``example_input``.
     """
 
     changes: list[tuple[str, str, str]] = field(default_factory=list)
@@ -61,6 +68,8 @@ class ConversionReport:
     layer_k: float = 1.0
     planned_bound: float = math.nan
     output_scale: float = 1.0
+    unconstrained: list[tuple[str, str]] = field(default_factory=list)
+    signal: float = math.nan
 
     def change(self, where: str, original: str, action: str) -> None:
         """Record a change."""
@@ -72,12 +81,15 @@ class ConversionReport:
 
     def __str__(self) -> str:
         title = (f"lipschitzify: layer k {self.layer_k:.6g}, planned bound {self.planned_bound:.6g}, "
-                 f"output scale {self.output_scale:.6g}")
+                 f"output scale {self.output_scale:.6g}, signal kept {self.signal:.3g}")
         lines = [title, f"{'where':<32} {'was':<22} action", "-" * 80]
         lines += [f"{w[:32]:<32} {o[:22]:<22} {a}" for w, o, a in self.changes]
         if self.blockers:
             lines.append("not covered (no guarantee):")
             lines += [f"  {w}: {r}" for w, r in self.blockers]
+        if self.unconstrained:
+            lines.append("weights left unconstrained:")
+            lines += [f"  {w}: {r}" for w, r in self.unconstrained]
         return "\n".join(lines)
 
 
@@ -94,11 +106,21 @@ def _check(k, method, strict, inplace, options) -> None:
             raise TypeError(f"lipschitzify: {name} must be a bool, got {type(value).__name__}")
 
 
+_METADATA = ("shape", "dtype", "device", "ndim", "layout", "is_cuda")
+
+
 def _depends(gm: fx.GraphModule) -> set[str]:
-    """Names of the nodes whose value depends on the model's inputs."""
+    """Names of the nodes whose value depends on the values of the model's inputs.
+
+    Shapes are not values: ``x.size()``, ``x.shape``, ``x.dim()`` and everything computed from them
+    alone (``floordiv`` of a channel count, ``eq`` / ``_assert`` checks, the shape given to
+    ``expand`` or ``view``) are constants for a given input size.
+    """
     depends: set[str] = set()
     for node in gm.graph.nodes:
-        if node.op == "placeholder" or any(a.name in depends for a in node.all_input_nodes):
+        metadata = (node.op == "call_method" and node.target in ("size", "dim", "numel")) or (
+            node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA)
+        if node.op == "placeholder" or (not metadata and any(a.name in depends for a in node.all_input_nodes)):
             depends.add(node.name)
     return depends
 
@@ -187,14 +209,20 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
         pooling: average pooling "scaled" (divided by its norm bound: non-overlapping windows
             become ``sqrt(window) * mean``, global pooling ``sqrt(H W) * mean``), "l2"
             (l2-norm pooling), or "keep" (overlapping constants are accounted for).
-        activations: activations whose constant c exceeds 1 (GELU, SiLU, Hardswish, ...):
-            "scale" by 1/c, "groupsort" (replace by GroupSort2 on dim 1), or "keep" (the output
-            scale absorbs c).
+        activations: "scale": activations whose constant c exceeds 1 (GELU, SiLU, Hardswish,
+            ...) are scaled by 1/c; "groupsort": every ReLU-family activation (ReLU, ReLU6,
+            LeakyReLU, GELU, SiLU, Hardswish, ..., modules and functional calls) becomes GroupSort2
+            on the channels, norm-preserving where ReLU halves the energy at every layer: the
+            choice for a network to train (``report.signal`` measures it); "keep": the output
+            scale absorbs c.
         maxpool: overlapping max pooling (constant sqrt(windows per element)): "scale" or "keep".
         dropout: "keep" (identity in eval; the training forward scales by 1/(1-p)) or "remove".
         residual: "convex" (LipResidual) or "keep" (sums add their bounds; the output scale
             restores k).
-        example_input: optional input: runs :func:`liptriton.parametrizations.initialize`.
+        example_input: optional batch of inputs at the real size: the plan uses the shapes of
+            one forward (functional pooling, flatten, interpolation, ...: the rules of
+            :func:`liptriton.certify`), then :func:`liptriton.parametrizations.initialize` runs
+            and ``report.signal`` is measured.
         **method_kwargs: passed to the parametrization function (e.g. ``n_iters``).
 
     Returns:
@@ -239,6 +267,10 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
         fold_batchnorm(gm, report, batchnorm)
         if residual == "convex":
             _rewrite_residuals(gm, report)
+        if example_input is not None:  # the real shapes: shape-dependent rules are those of certify
+            record_example_shapes(gm, example_input)
+        if activations == "groupsort":
+            replace_relu_family(gm, report, _depends(gm))
         ctx["layer_k"] = report.layer_k = float(k) ** (1.0 / _depth(gm))
         depends = _depends(gm)
         for node in list(gm.graph.nodes):
@@ -254,9 +286,14 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
         gm.recompile()
         rows, bound = propagate(gm, nominal=True)
         report.planned_bound = bound
+        targets = {n.name: n.target for n in gm.graph.nodes if n.op == "call_module"}
         for row in rows:
-            if math.isinf(row.local) and not any(w == row.name for w, _ in report.blockers):
+            known = {w for w, _ in report.blockers}
+            if math.isinf(row.local) and row.name not in known and targets.get(row.name) not in known:
                 report.block(row.name, f"{row.op}: {row.note}")
+        explain_blockers(gm, report)
+        if math.isinf(bound) and report.blockers:  # scale what is covered (blockers counted as 1)
+            _, bound = propagate(gm, nominal=True, unbounded_as_one=True)
         if math.isfinite(bound) and bound > k * (1 + 1e-9):
             report.output_scale = k / bound
             _scale_output(gm, report.output_scale)
@@ -265,8 +302,11 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
         gm.train(model.training)
         gm.meta[ORIGIN] = origin  # what liptriton.save writes the weights for (survives deepcopy)
         result = gm
+    report.unconstrained = unconstrained_weights(result)
     if report.blockers:
         listing = "; ".join(f"{w}: {r}" for w, r in report.blockers)
+        if report.unconstrained:
+            listing += "; weights left unconstrained: " + ", ".join(w for w, _ in report.unconstrained)
         if strict:
             raise ValueError(f"lipschitzify: no Lipschitz guarantee for: {listing} (strict=False converts the "
                              "rest and warns)")
@@ -276,6 +316,7 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
         from liptriton.parametrizations import initialize
 
         initialize(result, example_input)
+        report.signal = signal_ratio(result, example_input) / k
     return result
 
 

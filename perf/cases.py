@@ -31,6 +31,7 @@ from perf.makers import (
     make_power_iteration,
     parametrization_bounded,
     network,
+    zoo,
 )
 
 __all__ = ["BJORCK_ITERS", "CASES", "Case", "sizes_for"]
@@ -42,7 +43,8 @@ class Case:
 
     Attributes:
         name: unique name, e.g. "bjorck".
-        group: "ceiling", "op", "activation", "loss" or "network".
+        group: "ceiling", "op", "activation", "loss", "network" or "zoo" (torchvision models: convert,
+            initialize, certify; mode "setup").
         mode: "fwd", "fwd+bwd", "train-step" or "eval".
         sizes: suite -> device -> list of sizes (a width, a shape tuple, or a named set).
         providers: provider names; compiled ones end with "-compiled".
@@ -96,6 +98,9 @@ _NET = {
     "a": _widths([(2, 8, 4)], [(64, 16, 32)], [(64, 28, 32)], [(64, 28, 32)]),
     "b": _widths([(2, 8, 4)], [], [(128, 32, 32)], [(128, 32, 32)]),
 }
+# torchvision zoo: (model, image side, batch); full: issue 17's targets (ResNet-50 at 224, batch 8)
+_ZOO = _widths([("squeezenet1_1", 32, 2)], [("resnet18", 64, 8)], [("resnet18", 64, 8), ("resnet50", 224, 8)],
+               [("resnet50", 224, 8)])
 # network (c), the drop-in layer-class network: 8x8 inputs, batch 64, first width 16
 _NET_C = _widths([(2, 8, 4)], [(64, 8, 16)], [(64, 8, 16)], [(64, 8, 16)])
 # network (b) under bf16 autocast: CUDA only (issue 15's target: batch 256, compiled)
@@ -248,4 +253,9 @@ CASES: list[Case] = [
         network("b", "eval"),
         reference=None,
     ),
+    *[
+        Case(f"zoo_{stage}", "zoo", "setup", _ZOO, ["liptriton"], "liptriton", zoo(stage), reference=None,
+             shape_of=lambda s: f"{s[0]} {s[1]}x{s[1]} batch {s[2]}")
+        for stage in ("convert", "initialize", "certify")
+    ],
 ]

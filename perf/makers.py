@@ -31,6 +31,7 @@ __all__ = [
     "PARAMETRIZATION_PROVIDERS",
     "parametrization_bounded",
     "network",
+    "zoo",
 ]
 
 Maker = Callable[[str, object, str], Callable[[], object]]
@@ -222,5 +223,34 @@ def network(name: str, mode: str, dtype: str = "float32") -> Maker:
         fn, net = maker(name, provider, batch, device=device, dtype=dtype, image=image, width=width)
         fn.module = net  # the runner checks that every weight got a gradient
         return fn
+
+    return make
+
+
+def zoo(stage: str) -> Maker:
+    """Maker of the torchvision-zoo cases: ``stage`` "convert" (lipschitzify without example input),
+    "initialize" (:func:`liptriton.parametrizations.initialize` of a fresh deep copy of the converted
+    model: the copy is part of the timed call) or "certify" (:func:`liptriton.certify` of the
+    initialized model on the whole batch). Size: (torchvision model name, image side, batch)."""
+
+    def make(provider: str, size: tuple[str, int, int], device: str) -> Callable[[], object]:
+        import copy
+
+        from perf.zoo_train import torchvision_models
+
+        name, side, batch = size
+        torch.manual_seed(0)
+        net = getattr(torchvision_models(), name)(num_classes=10).eval().to(device)
+        x = torch.rand(batch, 3, side, side, device=device)
+        if stage == "convert":
+            return lambda: torch.tensor(liptriton.lipschitzify(net).lipschitz_report.planned_bound)
+        lip = liptriton.lipschitzify(net)
+        if stage == "initialize":
+            def call() -> Tensor:
+                return liptriton.parametrizations.initialize(copy.deepcopy(lip), x[:1])(x[:1]).detach()
+
+            return call
+        liptriton.parametrizations.initialize(lip, x[:1])
+        return lambda: torch.tensor(liptriton.certify(lip, x).upper)
 
     return make

@@ -158,6 +158,23 @@ def _fourier_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...]) 
     return gather * best, False
 
 
+def _blocks_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...]) -> tuple[float, bool]:
+    """The certificate of the frequency blocks, as the certified parametrizations compute it
+    (:mod:`liptriton.bounds.conv_fourier` blocks, :func:`~liptriton.bounds.certified_norm.certify_top_eigenvalue`
+    converged and refined): at the same input size, the same bound as the divisor of a
+    ``bound="certified"`` layer, so a layer constrained to k certifies at k."""
+    from liptriton.bounds.certified_norm import certify_top_eigenvalue
+    from liptriton.bounds.conv_fourier import fourier_gram, fourier_plan
+
+    w = weight.detach().double()
+    plan = fourier_plan(spec, tuple(w.shape), input_size, w.device)
+    with torch.no_grad():
+        h = fourier_gram(plan, w)
+        v = torch.randn(h.shape[:-1], dtype=h.dtype, device=h.device, generator=torch.Generator(h.device).manual_seed(0))
+        bound, _ = certify_top_eigenvalue(h, v, 32, refine=3, power=8)
+    return math.sqrt(float(bound)) * plan.gather, plan.exact
+
+
 def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
                     method: str = "auto") -> ConvBound:
     """Guaranteed upper bound of the norm of the convolution operator at ``input_size``.
@@ -166,9 +183,11 @@ def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
         spec: the operator geometry (``ConvSpec.from_module(layer)``).
         weight: the weight the layer applies (any float dtype; computed in float64).
         input_size: the spatial size of the layer's input.
-        method: "dense" (exact), "fourier" (circular embedding, see the module docstring), or
-            "auto": dense when the matrix has at most 2**24 entries and the input at most 2**14,
-            else fourier.
+        method: "dense" (exact), "fourier" (circular embedding, see the module docstring),
+            "blocks" (the certificate of the frequency blocks that the certified
+            parametrizations divide by: at the same input size a layer constrained to k
+            certifies at k), or "auto": dense when the matrix has at most 2**24 entries and the
+            input at most 2**14, else blocks.
 
     Returns:
         A :class:`ConvBound`.
@@ -182,8 +201,8 @@ def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
         >>> b.method, b.exact
         ('dense', True)
     """
-    if method not in ("auto", "dense", "fourier"):
-        raise ValueError(f"conv_norm_bound: method must be 'auto', 'dense' or 'fourier', got {method!r}")
+    if method not in ("auto", "dense", "fourier", "blocks"):
+        raise ValueError(f"conv_norm_bound: method must be 'auto', 'dense', 'fourier' or 'blocks', got {method!r}")
     input_size = tuple(int(n) for n in input_size)
     if len(input_size) != spec.ndim or any(n < 1 for n in input_size):
         raise ValueError(f"conv_norm_bound: input_size must have {spec.ndim} positive entries, got {input_size}")
@@ -193,5 +212,8 @@ def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
     out_dim = c_out * math.prod(spec.output_shape(weight, input_size))
     if method == "dense" or (method == "auto" and in_dim * out_dim <= _MAX_DENSE and in_dim <= _MAX_DENSE_IN):
         return ConvBound(_dense_bound(spec, weight, input_size), "dense", True)
-    value, exact = _fourier_bound(spec, weight, input_size)
-    return ConvBound(value, "fourier", exact)
+    if method == "fourier":
+        value, exact = _fourier_bound(spec, weight, input_size)
+        return ConvBound(value, "fourier", exact)
+    value, exact = _blocks_bound(spec, weight, input_size)
+    return ConvBound(value, "blocks", exact)

@@ -21,20 +21,30 @@ __all__ = [
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
+# Lanczos steps of a fresh certified state. The certificate converges with its Krylov space (and
+# then refines by inverse iteration), not like power iteration: 32 steps give the same bound as 200
+# (measured on ResNet convolutions) at a fraction of the cost, which grows with the square of the
+# steps per frequency block (1800 blocks per 56 x 56 convolution of a ResNet-50 at 224).
+CERTIFIED_INIT_STEPS = 32
+
+
 def make_conv_state(bound: str, layout: WeightLayout, in_channels: int | None, input_size: tuple[int, ...] | None,
                     n_iters: int | None, n_iters_init: int, device) -> ConvNormState:
-    """The operator-norm state of a convolution: certified (default) or estimate-only."""
+    """The operator-norm state of a convolution: certified (default; at most
+    :data:`CERTIFIED_INIT_STEPS` Lanczos steps when fresh) or estimate-only."""
     if bound == "estimate":
         return ConvNormState(layout.spec, in_channels, input_size, n_iters, n_iters_init, device)
-    return CertifiedConvNorm(layout.spec, layout.shape, in_channels, input_size, n_iters, n_iters_init, device)
+    return CertifiedConvNorm(layout.spec, layout.shape, in_channels, input_size, n_iters,
+                             min(n_iters_init, CERTIFIED_INIT_STEPS), device)
 
 
 def make_matrix_state(bound: str, layout: WeightLayout, n_iters: int | None, n_iters_init: int,
                       device) -> nn.Module:
-    """The spectral-norm state of a dense weight: certified (default) or estimate-only."""
+    """The spectral-norm state of a dense weight: certified (default; at most
+    :data:`CERTIFIED_INIT_STEPS` Lanczos steps when fresh) or estimate-only."""
     if bound == "estimate":
         return MatrixNormState(layout.batch_shape, n_iters, n_iters_init, device)
-    return CertifiedMatrixNorm(layout.batch_shape, n_iters, n_iters_init, device)
+    return CertifiedMatrixNorm(layout.batch_shape, n_iters, min(n_iters_init, CERTIFIED_INIT_STEPS), device)
 
 
 class WeightLayout:
@@ -243,7 +253,10 @@ def register(module: nn.Module, name: str, parametrization: LipschitzParametriza
     if isinstance(conv_state, ConvNormState):
         conv_state.deferred = True  # register_parametrization evaluates once; do not converge yet
     try:
-        parametrize.register_parametrization(module, name, parametrization)
+        # unsafe: skip torch's check that evaluates the parametrization once (its shape and dtype
+        # are those of the weight by construction); for a convolution that evaluation certified
+        # the operator at a default input size, most of the conversion time of a ResNet
+        parametrize.register_parametrization(module, name, parametrization, unsafe=True)
         plist = getattr(module.parametrizations, name)
         if len(plist) == 1:  # the first parametrization sees the original tensor itself
             parametrization._owner = [plist]

@@ -19,7 +19,36 @@ from liptriton.parametrizations._base import (
 )
 from liptriton.parametrizations._checks import check_bound, check_iters, check_positive
 
-__all__ = ["Bjorck", "bjorck"]
+__all__ = ["Bjorck", "bjorck", "polar_factor"]
+
+
+def polar_factor(wb: Tensor) -> Tensor:
+    """The orthogonal polar factor ``U V^T`` of a batch of matrices (B, m, n), in float32.
+
+    ``W (W^T W)^(-1/2)`` (or ``(W W^T)^(-1/2) W`` when wide) from a float64 eigendecomposition of
+    the Gram matrix on the smaller side: a 512 x 4608 kernel takes 0.5 s where the SVD takes
+    about 10 s on a CPU. Directions of (numerically) zero singular value keep a factor <= 1
+    (eigenvalues are floored at 1e-12 of the largest); the Björck iteration that follows never
+    relies on this factor for its bound.
+
+    Args:
+        wb: matrices (B, m, n).
+
+    Returns:
+        The polar factors (B, m, n), float32, singular values 1 up to float32 rounding.
+
+    Examples:
+        >>> q = polar_factor(torch.randn(2, 3, 5))
+        >>> bool(torch.allclose(q @ q.mT, torch.eye(3).expand(2, 3, 3), atol=1e-5))
+        True
+    """
+    w = wb.double()
+    wide = w.shape[-2] <= w.shape[-1]
+    g = w @ w.mT if wide else w.mT @ w
+    e, u = torch.linalg.eigh(g)
+    floor = e.amax(-1, keepdim=True).clamp_min(1e-300) * 1e-12
+    inv_sqrt = (u * e.clamp_min(0).maximum(floor).rsqrt().unsqueeze(-2)) @ u.mT
+    return (inv_sqrt @ w if wide else w @ inv_sqrt).float()
 
 
 class Bjorck(LipschitzParametrization):
@@ -71,11 +100,10 @@ class Bjorck(LipschitzParametrization):
         """Store the polar factor of ``w`` (the closest orthogonal matrix, by SVD) as the original.
 
         Training then starts (or restarts, after an assignment to the weight) from a converged
-        orthogonal weight, close to the given one.
+        orthogonal weight, close to the given one. Computed from the Gram matrix on the smaller
+        side (:func:`polar_factor`): 20x faster than an SVD on a 512 x 4608 kernel.
         """
-        wb = self.layout.to_batch(w.detach().float())
-        u, _, vh = torch.linalg.svd(wb, full_matrices=False)
-        return self.layout.from_batch(u @ vh).to(w.dtype)
+        return self.layout.from_batch(polar_factor(self.layout.to_batch(w.detach()))).to(w.dtype)
 
     MAX_EXTRA = 64
 

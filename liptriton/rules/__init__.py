@@ -16,6 +16,7 @@ Examples:
 from liptriton.rules.liptriton_rules import LIPTRITON_RULES
 from liptriton.rules.registry import (
     KEEP,
+    OPTIONAL_RULES,
     RULES,
     ModuleRule,
     const,
@@ -27,10 +28,11 @@ from liptriton.rules.registry import (
     module_constant,
     plain_form,
 )
-from liptriton.rules.torch_rules import TORCH_RULES
+from liptriton.rules.torch_rules import OPTIONAL_TORCH_RULES, TORCH_RULES
 
 RULES.update(TORCH_RULES)
 RULES.update(LIPTRITON_RULES)
+OPTIONAL_RULES.update(OPTIONAL_TORCH_RULES)
 
-__all__ = ["KEEP", "RULES", "ModuleRule", "const", "convert_module", "find", "is_constrained", "is_homogeneous",
+__all__ = ["KEEP", "OPTIONAL_RULES", "RULES", "ModuleRule", "const", "convert_module", "find", "is_constrained", "is_homogeneous",
            "is_leaf", "module_constant", "plain_form"]

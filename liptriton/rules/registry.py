@@ -21,19 +21,25 @@ in ``liptriton/rules/__init__.py``)::
     nn.PixelShuffle: const(1.0, "a permutation", homogeneous=True),
     MyLayerScale: ModuleRule(constant=lambda m, shape, nominal: (float(m.gamma.abs().max()), "max |gamma|")),
 
-and ``tests/test_rules.py`` checks that every type lipschitzify keeps has a constant.
+A class of an optional package (torchvision, timm) is declared by its import path in
+``OPTIONAL_TORCH_RULES`` (``torch_rules.py``) and bound to the class itself the first time a rule
+is looked up after the user imported that package (liptriton never imports it).
+
+``tests/test_rules.py`` checks that every type lipschitzify keeps has a constant.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-__all__ = ["KEEP", "RULES", "ModuleRule", "const", "convert_module", "find", "is_constrained", "is_homogeneous",
+__all__ = ["KEEP", "OPTIONAL_RULES", "RULES", "ModuleRule", "const", "convert_module", "find", "is_constrained", "is_homogeneous",
            "is_leaf", "module_constant", "plain_form"]
 
 Shape = tuple[int, ...] | None
@@ -87,9 +93,25 @@ def const(c: float, note: str = "constant", **fields: Any) -> ModuleRule:
 
 
 RULES: dict[type, ModuleRule] = {}
+# Rules for classes of optional packages (torchvision, timm), by import path "package.module.Class":
+# bound to the class itself in RULES once that package is imported by the user (never imported here).
+OPTIONAL_RULES: dict[str, ModuleRule] = {}
+
+
+def _bind_optional() -> None:
+    for path in [p for p in OPTIONAL_RULES if p.split(".", 1)[0] in sys.modules]:
+        module_name, _, cls_name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), cls_name)
+        except (ImportError, AttributeError):  # another version of the package: no such class
+            OPTIONAL_RULES.pop(path)
+            continue
+        RULES.setdefault(cls, OPTIONAL_RULES.pop(path))
 
 
 def _rules(module: nn.Module) -> Iterator[ModuleRule]:
+    if OPTIONAL_RULES:
+        _bind_optional()
     for cls in type(module).__mro__:
         rule = RULES.get(cls)
         if rule is not None:

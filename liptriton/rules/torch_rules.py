@@ -135,6 +135,15 @@ def _convert_dropout(mod, where, report, ctx):
     return KEEP
 
 
+def _convert_stochastic_depth(mod, where, report, ctx):
+    if ctx["dropout"] == "remove":
+        report.change(where, type(mod).__name__, "removed (Identity)")
+        return nn.Identity()
+    report.change(where, type(mod).__name__,
+                  "kept: identity in eval (in training it drops residual branches per sample, like dropout)")
+    return KEEP
+
+
 # --- pooling -----------------------------------------------------------------------------------------------
 def _max_pool(nd: int) -> ModuleRule:
     def constant(mod, shape, nominal):
@@ -254,4 +263,12 @@ TORCH_RULES: dict[type, ModuleRule] = {
     nn.modules.padding._ConstantPadNd: _CONSTANT_PAD,
     nn.ZeroPad1d: ModuleRule(homogeneous=True), nn.ZeroPad2d: ModuleRule(homogeneous=True),
     nn.ZeroPad3d: ModuleRule(homogeneous=True),
+}
+
+# Classes of optional packages, by import path (bound to the class when the user imports the package).
+OPTIONAL_TORCH_RULES: dict[str, ModuleRule] = {
+    # identity in eval; in training a per-sample scaling by 0 or 1/(1-p), like dropout. A leaf: traced
+    # through, its ``self.training`` would be frozen into the graph.
+    "torchvision.ops.stochastic_depth.StochasticDepth": const(
+        1.0, "stochastic depth: identity in eval", convert=_convert_stochastic_depth, leaf=True),
 }
