@@ -25,8 +25,13 @@ BATCH = 4  # the constraint's cost does not depend on the batch; the network's d
 def _usage_network(k: float) -> nn.Module:
     net = network_a("plain")
     for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, nn.Linear):
             liptriton.bjorck(m, k=k)
+        elif isinstance(m, nn.Conv2d):
+            # The spread of the reshaped kernel (what this test measures) does not depend on the
+            # operator-norm divisor; the certified divisor (default) is tested step by step in
+            # tests/test_training_bound.py and would make these 400 steps several minutes on CI.
+            liptriton.bjorck(m, k=k, bound="estimate")
     return net
 
 
