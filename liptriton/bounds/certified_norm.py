@@ -92,6 +92,8 @@ def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
             betas.append(beta)
             basis.append(torch.where(alive.unsqueeze(-1), w / beta.clamp_min(1e-300).unsqueeze(-1).to(w.dtype),
                                      fresh))
+    if k == 1:  # the Krylov space is v itself (a 1 x 1 tridiagonal matrix: nothing to power;
+        return q  # powering it would also fuse 12 squarings of one scalar into one expression)
     t = torch.diag_embed(torch.stack(alphas, -1))
     if betas:
         off = torch.diag_embed(torch.stack(betas, -1), offset=1)
