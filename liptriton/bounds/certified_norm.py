@@ -5,7 +5,8 @@ For matrices ``B_i`` (the reshaped weight, or the frequency blocks of a convolut
 ``H_i = B_i^T B_i``. A few Lanczos steps on ``H_i`` from the previous step's vector give
 ``lam_hat = max_i`` (top Ritz value), an estimate of ``max_i sigma_max(B_i)^2`` from below that,
 unlike plain power iteration, keeps up when the optimizer flattens the top of the spectrum (a
-Krylov space of dimension 8 converges like Chebyshev, not like ``(lambda_2 / lambda_1)^k``). It becomes a proof with one Cholesky
+Krylov space of dimension 8 converges like Chebyshev, not like ``(lambda_2 / lambda_1)^k``).
+It becomes a proof with one Cholesky
 factorization per matrix: if ``mu I - H_i`` factors for every i, it is positive definite, so
 every eigenvalue of every ``H_i`` is below ``mu``. The test runs at ``mu = (c lam_hat)`` for a
 few levels ``c`` (``1 + 1e-6`` first, which a converged estimate passes; in training usually
@@ -90,8 +91,8 @@ def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
             fresh = F.normalize(fresh, dim=-1, eps=1e-300)
             beta = torch.where(alive, beta, torch.zeros_like(beta))
             betas.append(beta)
-            basis.append(torch.where(alive.unsqueeze(-1), w / beta.clamp_min(1e-300).unsqueeze(-1).to(w.dtype),
-                                     fresh))
+            scaled = w / beta.clamp_min(1e-300).unsqueeze(-1).to(w.dtype)
+            basis.append(torch.where(alive.unsqueeze(-1), scaled, fresh))
     if k == 1:  # the Krylov space is v itself (a 1 x 1 tridiagonal matrix: nothing to power;
         return q  # powering it would also fuse 12 squarings of one scalar into one expression)
     t = torch.diag_embed(torch.stack(alphas, -1))
@@ -180,7 +181,8 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         if len(levels) > 1:
             # The matrices that failed (their top eigenvalue was missed), then the largest estimates:
             # refine them and test them at every level of the refined estimate.
-            idx = (ritz + (~ok).to(ritz.dtype) * (ritz.max() + trace.max() + 1)).topk(min(top, _RETEST)).indices
+            failed_first = ritz + (~ok).to(ritz.dtype) * (ritz.max() + trace.max() + 1)
+            idx = failed_first.topk(min(top, _RETEST)).indices
             sub = h[idx]
             vs = lanczos_top(sub, v[idx], max(steps, 1))
             v = v.index_copy(0, idx, vs)

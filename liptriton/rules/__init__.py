@@ -34,5 +34,5 @@ RULES.update(TORCH_RULES)
 RULES.update(LIPTRITON_RULES)
 OPTIONAL_RULES.update(OPTIONAL_TORCH_RULES)
 
-__all__ = ["KEEP", "OPTIONAL_RULES", "RULES", "ModuleRule", "const", "convert_module", "find", "is_constrained", "is_homogeneous",
-           "is_leaf", "module_constant", "plain_form"]
+__all__ = ["KEEP", "OPTIONAL_RULES", "RULES", "ModuleRule", "const", "convert_module", "find", "is_constrained",
+           "is_homogeneous", "is_leaf", "module_constant", "plain_form"]

@@ -39,8 +39,8 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["KEEP", "OPTIONAL_RULES", "RULES", "ModuleRule", "const", "convert_module", "find", "is_constrained", "is_homogeneous",
-           "is_leaf", "module_constant", "plain_form"]
+__all__ = ["KEEP", "OPTIONAL_RULES", "RULES", "ModuleRule", "const", "convert_module", "find", "is_constrained",
+           "is_homogeneous", "is_leaf", "module_constant", "plain_form"]
 
 Shape = tuple[int, ...] | None
 # constant(module, input shape or None, nominal) -> (constant, note), or None: ask the next class
