@@ -22,9 +22,6 @@ BOUNDS = ("certified", "estimate")
 _CERT_DTYPE = torch.float64
 # Exact (dense operator matrix) certificate for convolutions whose matrix is this small.
 _MAX_DENSE_ENTRIES = 2**18
-# Lanczos steps on fresh state (at most; the Krylov space of the top eigenvector converges in far
-# fewer, and inverse iteration refines it): more only cost their reorthogonalization.
-_FRESH_LANCZOS = 64
 
 
 def _real_shape(h: Tensor) -> tuple[int, int]:
@@ -67,7 +64,7 @@ class _Certified(nn.Module):
             steps = self.n_iters_init if fresh else (self.n_iters if update else 0)
             v = _to_gram_space(v.to(_CERT_DTYPE), h)
             if fresh:  # rank every matrix, converge the top ones, refine, certify tightly
-                bound, v_new = certify_top_eigenvalue(h, v, min(steps, _FRESH_LANCZOS), refine=3, power=8)
+                bound, v_new = certify_top_eigenvalue(h, v, steps, refine=3, power=8)
             else:
                 bound, v_new = certify_top_eigenvalue(h, v, steps)
             v_new = _to_real(v_new)
