@@ -9,16 +9,24 @@ import torch
 from torch import nn
 
 import liptriton
+import liptriton.bounds.certified_norm as certified_norm
 from liptriton.bounds.certified_norm import certify_top_eigenvalue, lanczos_top
 from liptriton.bounds.conv_fourier import fourier_blocks, fourier_gram, fourier_plan
 from liptriton.bounds.conv_operator import ConvSpec
 from tests._measure import exact_conv_norm
 
 
+@pytest.fixture(params=["lanczos", "direct"])
+def path(request, monkeypatch):
+    """Both paths of the certificate, whatever the shape rule would choose."""
+    monkeypatch.setattr(certified_norm, "_direct", lambda h: request.param == "direct")
+    return request.param
+
+
 @pytest.mark.parametrize("batch,q", [(1, 1), (1, 7), (5, 16), (40, 12)], ids=str)
 @pytest.mark.parametrize("flat", [False, True], ids=["spread", "flat-top"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "hermitian"])
-def test_certificate_is_above_and_close_to_lambda_max(batch, q, flat, dtype):
+def test_certificate_is_above_and_close_to_lambda_max(batch, q, flat, dtype, path):
     g = torch.Generator().manual_seed(batch * 100 + q)
     a = torch.randn(batch, q + 3, q, dtype=dtype, generator=g)
     if flat:  # the spectrum an optimizer that pushes every direction up produces: a cluster at the top
@@ -27,8 +35,28 @@ def test_certificate_is_above_and_close_to_lambda_max(batch, q, flat, dtype):
     h = a.mH @ a
     top = float(torch.linalg.eigvalsh(h).max())
     v = torch.randn(batch, q, dtype=dtype, generator=g)
-    bound, _ = certify_top_eigenvalue(h, v, 8, refine=3)
+    bound, v = certify_top_eigenvalue(h, v, 8, refine=3)
     assert top <= float(bound) <= top * 1.0021
+    if path == "direct":  # converged at once: the tightest level, and the top matrix's vector
+        assert float(bound) <= top * (1 + 2.1e-6)
+        rayleigh = ((v.conj() * (h @ v.unsqueeze(-1)).squeeze(-1)).sum(-1).real).max()
+        assert float(rayleigh) >= top * (1 - 1e-9)
+
+
+def test_shape_rule_picks_direct_for_small_cpu_batches():
+    def picks(batch, q):
+        return certified_norm._direct(torch.zeros(batch, q, q, dtype=torch.float64))
+    assert picks(1, 1024) and picks(32, 256) and picks(60, 32) and picks(120, 32)
+    assert not picks(420, 32) and not picks(180, 64) and not picks(60, 128)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_matrix_gives_a_non_finite_bound(bad, path):
+    """A diverged weight must not be certified with a finite number."""
+    h = torch.eye(4, dtype=torch.float64).expand(3, 4, 4).clone()
+    h[1, 2, 2] = bad
+    bound, _ = certify_top_eigenvalue(h, torch.ones(3, 4, dtype=torch.float64), 8)
+    assert not torch.isfinite(bound)
 
 
 def test_certificate_with_a_stale_vector_is_still_a_bound():
