@@ -70,47 +70,41 @@ def _generic(n: int, j: float, like: Tensor) -> Tensor:
 
 def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
     """Top Ritz vectors (batch, q) of ``h`` (batch, q, q, symmetric or Hermitian) in the Krylov
-    space of ``v`` of dimension ``min(steps, q)`` (full reorthogonalization; no eigensolver: the
-    small real tridiagonal matrix's top eigenvector comes from its 4096th power, so nothing
-    synchronizes with the host)."""
+    space of ``v`` of dimension ``min(steps, q)`` (full reorthogonalization, then Rayleigh-Ritz on
+    the projected matrix ``Q^H h Q``; no eigensolver: the small matrix's top eigenvector comes from
+    its 4096th power, so nothing synchronizes with the host)."""
     k = min(steps, h.shape[-1])
-    if k < 1:
-        return F.normalize(v, dim=-1, eps=1e-300)
     q = F.normalize(v, dim=-1, eps=1e-300)
-    basis, alphas, betas = [q], [], []
+    if k <= 1:  # the Krylov space is v itself (powering a 1 x 1 matrix would also fuse 12
+        return q  # squarings of one scalar into one expression under Inductor)
+    basis, images, alphas = [q], [], []
     for j in range(k):
         w = _apply(h, basis[-1])
-        alphas.append(_dot(basis[-1], w))
+        images.append(w)
+        if j + 1 == k:
+            break
+        alphas.append(_dot(basis[-1], w).abs())
+        scale = torch.stack(alphas, -1).amax(-1)
+        # Breakdown (the Krylov space is invariant: a degenerate spectrum, or a warm vector with no
+        # component on the top eigenvectors) leaves only rounding noise after the
+        # orthogonalization. A fixed generic vector, added at 1e-6 of the scale before it, is then
+        # what remains: the next basis vector, so that every direction, the top one included,
+        # enters the space again. Otherwise it tilts the space by 1e-6, which Rayleigh-Ritz on the
+        # exact projection absorbs (and the proof never relies on the vector).
+        generic = F.normalize(_generic(w.shape[-1], j + 1.6180339887, w), dim=0)
+        w = w + (1e-6 * scale).unsqueeze(-1).to(w.dtype) * generic
         qs = torch.stack(basis, -1)  # (batch, q, j + 1)
         for _ in range(2):  # twice is enough (Kahan)
             w = w - (qs @ (qs.mH @ w.unsqueeze(-1))).squeeze(-1)
-        if j + 1 < k:
-            beta = w.norm(dim=-1)
-            # Breakdown (the Krylov space is invariant: a degenerate spectrum, or a warm vector with
-            # no component on the top eigenvectors): what is left is rounding noise. Restart with a
-            # fixed generic vector orthogonalized against the basis (beta 0: a new block of T), so
-            # that every direction, the top one included, enters the space again.
-            scale = torch.stack(alphas, -1).abs().amax(-1)
-            alive = beta > 1e-8 * scale
-            fresh = _generic(w.shape[-1], j + 1.6180339887, w).expand_as(w)
-            for _ in range(2):
-                fresh = fresh - (qs @ (qs.mH @ fresh.unsqueeze(-1))).squeeze(-1)
-            fresh = F.normalize(fresh, dim=-1, eps=1e-300)
-            beta = torch.where(alive, beta, torch.zeros_like(beta))
-            betas.append(beta)
-            scaled = w / beta.clamp_min(1e-300).unsqueeze(-1).to(w.dtype)
-            basis.append(torch.where(alive.unsqueeze(-1), scaled, fresh))
-    if k == 1:  # the Krylov space is v itself (a 1 x 1 tridiagonal matrix: nothing to power;
-        return q  # powering it would also fuse 12 squarings of one scalar into one expression)
-    t = torch.diag_embed(torch.stack(alphas, -1))
-    if betas:
-        off = torch.diag_embed(torch.stack(betas, -1), offset=1)
-        t = t + off + off.mT
+        basis.append(F.normalize(w, dim=-1, eps=1e-300))
+    qs = torch.stack(basis, -1)
+    t = qs.mH @ torch.stack(images, -1)  # (batch, k, k): Q^H h Q
+    t = (t + t.mH) / 2
     for _ in range(12):  # t^4096, rescaled: its columns point to the top eigenvector
         t = t / torch.linalg.matrix_norm(t).clamp_min(1e-300)[..., None, None]
         t = t @ t
-    y = F.normalize(t.sum(-1) + t[..., 0], dim=-1, eps=1e-300).to(h.dtype)
-    return F.normalize((torch.stack(basis, -1) @ y.unsqueeze(-1)).squeeze(-1), dim=-1, eps=1e-300)
+    y = F.normalize(t.sum(-1) + t[..., 0], dim=-1, eps=1e-300)
+    return F.normalize((qs @ y.unsqueeze(-1)).squeeze(-1), dim=-1, eps=1e-300)
 
 
 def _direct(h: Tensor) -> bool:
