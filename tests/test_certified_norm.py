@@ -142,3 +142,28 @@ def test_second_constraint_on_one_tensor_is_refused():
         liptriton.bjorck(layer)
     torch.nn.utils.parametrize.remove_parametrizations(layer, "weight")
     liptriton.bjorck(layer)  # after removal: accepted
+
+
+@pytest.mark.parametrize("make,size", [
+    (lambda: nn.Conv2d(2, 3, 3, padding=1), (5, 4)),  # input side (in <= out)
+    (lambda: nn.Conv2d(4, 2, 3, stride=2, padding=1), (6, 6)),  # output side
+    (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1), (3, 3)),
+], ids=["in-side", "out-side", "transposed"])
+def test_dense_path_estimate_through_the_operator_matches_the_matrix(make, size):
+    """The exact-operator path's divisor, estimated through one convolution, has the value and the
+    gradient of the estimate through the operator matrix."""
+    torch.manual_seed(0)
+    layer = liptriton.spectral(make())
+    layer(torch.randn(1, layer.in_channels, *size))
+    state = layer.parametrizations.weight[0].conv
+    assert state.method == "dense"
+    w = torch.randn_like(layer.parametrizations.weight.original).requires_grad_()
+    ours = state.norm(w, update=False)
+    (g_ours,) = torch.autograd.grad(ours, w)
+    h = state._gram(w.detach().double())
+    i = torch.tensor(0)
+    bound = torch.linalg.eigvalsh(h).max()
+    ref = certified_norm.certified_sigma(state._blocks(w, i), bound, state.v)
+    (g_ref,) = torch.autograd.grad(ref, w)
+    assert torch.allclose(ours, ref, rtol=1e-5)
+    assert torch.allclose(g_ours, g_ref, rtol=1e-4, atol=1e-6)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LEVELS", "certified_sigma", "certify_top_eigenvalue", "lanczos_top", "top_index"]
+__all__ = ["LEVELS", "certified_sigma", "certified_value", "certify_top_eigenvalue", "lanczos_top", "top_index"]
 
 
 # Relative levels (on sigma) at which the estimate is tested, tightest first: a converged
@@ -276,7 +276,27 @@ def certified_sigma(blocks: Tensor, bound_sq: Tensor, v: Tensor) -> Tensor:
     Returns:
         A 0-d tensor of ``blocks``' dtype whose value is ``sqrt(bound_sq)`` (floored at 1e-30).
     """
-    est = (blocks @ v.to(blocks.dtype).unsqueeze(-1)).squeeze(-1).norm(dim=-1).max()
-    bound = bound_sq.sqrt().to(blocks.dtype)
+    return certified_value(torch.bmm(blocks, v.to(blocks.dtype).unsqueeze(-1)).norm(dim=(-2, -1)).max(), bound_sq)
+
+
+def certified_value(est: Tensor, bound_sq: Tensor) -> Tensor:
+    """The divisor ``sqrt(bound_sq)`` with the gradient of the estimate ``est`` scaled by
+    ``bound / est`` (:func:`certified_sigma` for an estimate computed another way, e.g. through
+    the convolution operator itself).
+
+    Args:
+        est: 0-d differentiable estimate of the norm (``||A v||`` for a unit ``v``).
+        bound_sq: the certified bound of its square (0-d, no gradient).
+
+    Returns:
+        A 0-d tensor of ``est``'s dtype whose value is ``sqrt(bound_sq)`` (floored at 1e-30).
+
+    Examples:
+        >>> w = torch.tensor([[3.0, 0.0], [0.0, 1.0]], requires_grad=True)
+        >>> d = certified_value((w @ torch.tensor([1.0, 0.0])).norm(), torch.tensor(9.0, dtype=torch.float64))
+        >>> float(d), w.grad is None
+        (3.0, True)
+    """
+    bound = bound_sq.sqrt().to(est.dtype)
     scale = bound / est.detach().clamp_min(1e-30)
     return (bound + scale * (est - est.detach())).clamp_min(1e-30)

@@ -84,8 +84,8 @@ def bjorck_reference(w: Tensor, n_iters: int = 15, order: int = 1, beta: float =
     if len(coeffs) == 2:  # order 1: X <- c0 X + c1 G X, one fused product per step (launch-bound)
         x3 = x.reshape(-1, *x.shape[-2:])
         for _ in range(n_iters):
-            x3 = (torch.baddbmm(x3, x3 @ x3.mT, x3, beta=coeffs[0], alpha=coeffs[1]) if wide
-                  else torch.baddbmm(x3, x3, x3.mT @ x3, beta=coeffs[0], alpha=coeffs[1]))
+            x3 = (torch.baddbmm(x3, torch.bmm(x3, x3.mT), x3, beta=coeffs[0], alpha=coeffs[1]) if wide
+                  else torch.baddbmm(x3, x3, torch.bmm(x3.mT, x3), beta=coeffs[0], alpha=coeffs[1]))
         return x3.reshape(x.shape).to(w.dtype)
     for _ in range(n_iters):
         g = x @ x.mT if wide else x.mT @ x

@@ -93,8 +93,8 @@ def _steps_order1(g0: Tensor, steps: int, coeffs: tuple[float, ...], eye: Tensor
     c0, c1 = coeffs
     g3 = g0.reshape(-1, *g0.shape[-2:])
     p = torch.add(c0 * eye, g3 + g3.mT, alpha=0.5 * c1)  # the first step, from P = I
-    for _ in range(steps - 1):
-        g = p @ g3 @ p.mT
+    for _ in range(steps - 1):  # bmm, not @: matmul's broadcasting adds expand/view autograd nodes
+        g = torch.bmm(torch.bmm(p, g3), p.mT)
         p = torch.baddbmm(p, g + g.mT, p, beta=c0, alpha=0.5 * c1)
     return p.reshape(g0.shape)
 
@@ -132,8 +132,10 @@ def bjorck_gram_reference(w: Tensor, n_iters: int = 15, order: int = 1, beta: fl
     wide = w.shape[-2] <= w.shape[-1]
     x = float32_compute(w if wide else w.mT)
     eye = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
-    for done in range(0, n_iters, restart):
-        x = _steps(x @ x.mT, min(restart, n_iters - done), coeffs, eye) @ x  # restart from the iterate
+    x3 = x.reshape(-1, *x.shape[-2:])  # bmm: no broadcasting nodes in the autograd graph
+    for done in range(0, n_iters, restart):  # restart from the iterate
+        x3 = torch.bmm(_steps(torch.bmm(x3, x3.mT), min(restart, n_iters - done), coeffs, eye), x3)
+    x = x3.reshape(x.shape)
     return (x if wide else x.mT).to(w.dtype)
 
 

@@ -11,9 +11,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from liptriton.bounds.certified_norm import certified_sigma, certify_top_eigenvalue, top_index
+from liptriton.bounds.certified_norm import certified_sigma, certified_value, certify_top_eigenvalue, top_index
 from liptriton.bounds.conv_fourier import FourierPlan, fourier_blocks, fourier_gram, fourier_plan
-from liptriton.bounds.conv_operator import ConvSpec, conv_apply, conv_power_iteration
+from liptriton.bounds.conv_operator import ConvSpec, conv_adjoint, conv_apply, conv_power_iteration
 from liptriton.parametrizations._state import ConvNormState
 
 __all__ = ["CertifiedConvNorm", "CertifiedMatrixNorm", "BOUNDS"]
@@ -77,7 +77,10 @@ class _Certified(nn.Module):
             i = top_index(h, _to_gram_space(self.v.to(_CERT_DTYPE), h))
         # The gradient is that of the top block's estimate; clone: the next in-place update must
         # not touch what this graph saved for backward.
-        return certified_sigma(self._blocks(w, i), bound * self.gather ** 2, self.v.index_select(0, i.reshape(1)))
+        return self._divisor(w, i, bound * self.gather ** 2)
+
+    def _divisor(self, w: Tensor, i: Tensor, bound_sq: Tensor) -> Tensor:
+        return certified_sigma(self._blocks(w, i), bound_sq, self.v.index_select(0, i.reshape(1)))
 
 
 class CertifiedMatrixNorm(_Certified):
@@ -195,6 +198,22 @@ class CertifiedConvNorm(_Certified, ConvNormState):
         eye = torch.eye(c_in * math.prod(size), dtype=w.dtype, device=w.device).reshape(-1, c_in, *size)
         a = conv_apply(self.spec, w, eye).flatten(1)  # (in_dim, out_dim): rows are A^T
         return (a.mT if a.shape[0] <= a.shape[1] else a).unsqueeze(0)
+
+    def _divisor(self, w: Tensor, i: Tensor, bound_sq: Tensor) -> Tensor:
+        plan, _ = self._ensure_plan(w.device)
+        if plan is not None:
+            return super()._divisor(w, i, bound_sq)
+        # Exact operator: its estimate through the convolution itself (one image), not through
+        # the operator matrix (one image per input dimension, and its backward).
+        v = self.v[0].to(w.dtype)
+        in_dim, out_dim = self._dims()
+        if in_dim <= out_dim:  # v is an input: ||A v||
+            est = conv_apply(self.spec, w, v.reshape(1, self.x.shape[1], *self.input_size)).norm()
+        else:  # v is an output: ||A^T v||
+            c_out = w.shape[1] * self.spec.groups if self.spec.transposed else w.shape[0]
+            out = self.spec.output_shape(torch.empty(self.weight_shape, device="meta"), self.input_size)
+            est = conv_adjoint(self.spec, w, v.reshape(1, c_out, *out), self.input_size).norm()
+        return certified_value(est, bound_sq)
 
     def norm(self, w: Tensor, update: bool) -> Tensor:
         """Return the certified operator norm at the tracked input size (differentiable in ``w``)."""
