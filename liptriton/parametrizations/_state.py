@@ -106,14 +106,14 @@ class ConvNormState(nn.Module):
             update: advance the power iteration (training mode), in place under no_grad.
         """
         if self.deferred:  # registration's shape check: converge later, at the real input size
-            return conv_operator_norm(self.spec, w, self.x[:1].float().clone())
+            return conv_operator_norm(self.spec, w, self.x[:1].to(w.dtype).clone())
         if update or self.fresh:
             steps = self.n_iters_init if self.fresh else self.n_iters
             with torch.no_grad():
-                self.x.copy_(conv_subspace_iteration(self.spec, w, self.x.float(), steps))
+                self.x.copy_(conv_subspace_iteration(self.spec, w, self.x.to(w.dtype), steps))
             self.fresh = False
         # clone: the next in-place update must not touch what this graph saved for backward
-        return conv_operator_norm(self.spec, w, self.x[:1].float().clone())
+        return conv_operator_norm(self.spec, w, self.x[:1].to(w.dtype).clone())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "x"
@@ -132,7 +132,8 @@ def _gram_power_iteration(w: Tensor, u: Tensor, v: Tensor, steps: int) -> tuple[
     :func:`~liptriton.ops.power_iteration.power_iteration` up to rounding): one GEMM, then
     matrix-vector products of the small side. 200 steps on a 512 x 4608 kernel: 40x less time on a
     CPU than 400 memory-bound products with the kernel."""
-    w = w.float()
+    w = w if w.dtype == torch.float64 else w.float()
+    u, v = u.to(w.dtype), v.to(w.dtype)
     if w.shape[-2] <= w.shape[-1]:
         g = w @ w.mT
         for _ in range(steps - 1):
@@ -181,14 +182,14 @@ class MatrixNormState(nn.Module):
             steps = self.n_iters_init if self.fresh else self.n_iters
             with torch.no_grad():
                 if steps >= _GRAM_STEPS:
-                    u, v = _gram_power_iteration(wb.detach(), self.u.float(), self.v.float(), steps)
+                    u, v = _gram_power_iteration(wb.detach(), self.u.to(wb.dtype), self.v.to(wb.dtype), steps)
                 else:
-                    u, v = power_iteration(wb.detach(), self.u.float(), self.v.float(), steps)
+                    u, v = power_iteration(wb.detach(), self.u.to(wb.dtype), self.v.to(wb.dtype), steps)
                 self.u.copy_(u)
                 self.v.copy_(v)
             self.fresh = False
         # clone: the next in-place update must not touch what this graph saved for backward
-        return spectral_sigma(wb, self.u.float().clone(), self.v.float().clone())
+        return spectral_sigma(wb, self.u.to(wb.dtype).clone(), self.v.to(wb.dtype).clone())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
