@@ -185,3 +185,26 @@ def test_half_precision_parameters_round_the_certified_weight_only(method, dtype
     sigma = float(dense_singular_values(layer.weight.double()).max())
     assert layer.weight.dtype == dtype
     assert 0.99 <= sigma <= 1 + excess
+
+
+VECTORS = {"head": (lambda: nn.Linear(40, 1), None), "row-conv": (lambda: nn.Conv2d(3, 1, 3, padding=1), (6, 5)),
+           "depthwise": (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (6, 5))}
+
+
+@pytest.mark.parametrize("vec", VECTORS, ids=VECTORS.keys())
+@pytest.mark.parametrize("method", METHODS)
+def test_vector_weights_are_exact(method, vec):
+    """Weights whose matrices are vectors (a critic's head, a 1-output conv, a depthwise conv's
+    per-group kernels) take the exact vector norm: the bound holds at every hostile step and the
+    layer keeps all of k (Björck: every group's kernel normalized)."""
+    torch.manual_seed(6)
+    make, size = VECTORS[vec]
+    layer = getattr(liptriton, method)(make(), k=2.5)
+    make_x = _dense_input(layer) if size is None else _conv_input(layer, size)
+    ratios = _hostile(layer, make_x, 2.5, 1e-2, size, steps=20)
+    assert max(ratios) <= 1 + SLACK
+    if size is None:
+        assert min(ratios) >= 1 - 2e-6
+    if method == "bjorck" and vec == "depthwise":
+        norms = layer.weight.detach().double().flatten(1).norm(dim=1)
+        assert torch.allclose(norms, norms.max().expand_as(norms), rtol=1e-6)

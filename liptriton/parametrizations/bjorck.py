@@ -10,6 +10,7 @@ from liptriton.bounds.gram_bound import gram_spectral_bound
 from liptriton.ops.bjorck import bjorck as bjorck_op
 from liptriton.ops.bjorck import bjorck_coefficients
 from liptriton.ops.bjorck_gram import bjorck_gram, gram_pays
+from liptriton.parametrizations._certified import vector_norm_certified
 from liptriton.parametrizations._base import (
     LipschitzParametrization,
     MatrixNormState,
@@ -156,6 +157,9 @@ class Bjorck(LipschitzParametrization):
 
     def compute(self, w: Tensor) -> Tensor:
         wb = self.layout.to_batch(w)
+        if min(wb.shape[-2:]) == 1:  # vectors: the polar factor is w / ||w||, what Björck converges to
+            q = self.layout.from_batch(wb / vector_norm_certified(wb, reduce=False)[:, None, None])
+            return q / self.conv.norm(q, update=self.training) * self.k if self.layout.is_conv else q * self.k
         sigma = self.state.norm(wb, update=self.training)
         # Guard against an estimate far below sigma_max (one large optimizer step on a nearly
         # orthogonal weight can make a new direction the top one): with a guaranteed bound B,
