@@ -100,8 +100,9 @@ def _baked_copy(model: nn.Module) -> nn.Module:
     The model itself is not switched to eval (that converges its power iterations in place):
     the copy is, so the certificate is about the weights the model uses in eval. An eval-mode
     model's up-to-date cached weights are baked as they are (not recomputed). A convolution keeps
-    its certified state's vectors as :data:`~liptriton.bounds.conv_bound.WARM_START` (a start of certify's own certificate of
-    the baked weight: a valid bound from any start, a faster one from these).
+    its certified state's vectors as :data:`~liptriton.bounds.conv_bound.WARM_START` (a start of
+    certify's own certificate of the baked weight: a valid bound from any start, a faster one
+    from these).
     """
     dup = copy.deepcopy(model).eval()
     keep_eval_caches(model, dup)

@@ -50,8 +50,11 @@ def test_fresh_certificate_is_proven_and_tight(hidden, seed):
     assert top <= float(bound) <= top * (1 + 1e-3) ** 2 * (1 + 1e-8)
 
 
-@pytest.mark.parametrize("make", [lambda: nn.Conv2d(12, 20, 1, stride=2), lambda: nn.Conv2d(20, 8, 1, stride=(2, 3)),
-                                  lambda: nn.Conv1d(6, 9, 1, stride=2)], ids=["2d", "2d-mixed", "1d"])
+STRIDED_1X1 = [lambda: nn.Conv2d(12, 20, 1, stride=2), lambda: nn.Conv2d(20, 8, 1, stride=(2, 3)),
+               lambda: nn.Conv1d(6, 9, 1, stride=2)]
+
+
+@pytest.mark.parametrize("make", STRIDED_1X1, ids=["2d", "2d-mixed", "1d"])
 def test_strided_1x1_conv_certifies_at_its_matrix_norm(make):
     """A 1x1 strided convolution applies its weight at every kept position: its norm is the
     weight matrix's; the frequency blocks keep only the phase the taps land in."""
