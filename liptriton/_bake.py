@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from liptriton.parametrizations._base import ConvNormState
+from liptriton.parametrizations._base import ConvNormState, LipschitzParametrization
 
-__all__ = ["bake_in_place", "baked_tensors", "drop_stale_hooks", "observe", "plainify"]
+__all__ = ["bake_in_place", "baked_tensors", "drop_stale_hooks", "keep_eval_caches", "observe", "plainify"]
 
 
 def drop_stale_hooks(model: nn.Module) -> None:
@@ -38,6 +38,39 @@ def drop_stale_hooks(model: nn.Module) -> None:
                     del hooks[hid]
                     m._forward_pre_hooks_with_kwargs.pop(hid, None)
                     m._forward_hooks_with_kwargs.pop(hid, None)
+
+
+def keep_eval_caches(model: nn.Module, dup: nn.Module) -> int:
+    """Let a deep copy ``dup`` of ``model`` reuse the eval weights ``model``'s parametrizations have
+    cached and that are up to date (eval mode, parameter unchanged since): baking the copy then
+    reads them instead of recomputing every constraint (a convolution's certificate included).
+
+    Args:
+        model: the model.
+        dup: ``copy.deepcopy(model)`` (same structure, same values).
+
+    Returns:
+        How many cached weights the copy took over.
+
+    Examples:
+        >>> import copy, torch, liptriton
+        >>> lin = liptriton.bjorck(torch.nn.Linear(3, 3)).eval()
+        >>> _ = lin(torch.randn(1, 3))
+        >>> keep_eval_caches(lin, copy.deepcopy(lin))
+        1
+    """
+    kept = 0
+    for m0, m1 in zip(model.modules(), dup.modules()):
+        if not (parametrize.is_parametrized(m0) and parametrize.is_parametrized(m1)):
+            continue
+        for name, plist0 in m0.parametrizations.items():
+            plist1 = getattr(m1.parametrizations, name, None)
+            if plist1 is None or len(plist0) != 1 or len(plist1) != 1 or not plist0.is_tensor:
+                continue  # a chain: its later members receive computed tensors
+            p0, p1 = plist0[0], plist1[0]
+            if isinstance(p0, LipschitzParametrization) and isinstance(p1, LipschitzParametrization):
+                kept += p1.keep_cache_of(p0, plist1.original, plist0.original)
+    return kept
 
 
 def observe(model: nn.Module, example_input: Tensor | tuple) -> None:

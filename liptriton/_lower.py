@@ -86,13 +86,20 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
 
     def power(z: Tensor, v: Tensor, iters: int) -> tuple[Tensor, float]:
         best = 0.0
+        try:  # one forward at z for every step (the pullback can be called again and again)
+            _, pullback = vjp(f, z)
+        except (RuntimeError, NotImplementedError):
+            pullback = None
         for _ in range(iters):
             jv = jv_of(z, v)
             best = max(best, float(jv.norm()))
-            try:
-                _, pullback = vjp(f, z)
-                (w,) = pullback(jv)
-            except (RuntimeError, NotImplementedError):
+            w = None
+            if pullback is not None:
+                try:
+                    (w,) = pullback(jv)
+                except (RuntimeError, NotImplementedError):
+                    w = None
+            if w is None:
                 w = torch.randn_like(z)
             if float(w.norm()) == 0.0:
                 break

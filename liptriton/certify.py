@@ -24,10 +24,11 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from liptriton._bake import bake_in_place
+from liptriton._bake import bake_in_place, keep_eval_caches
 from liptriton._propagate import TRACE_ERRORS, LeafTracer, NodeBound, propagate
 from liptriton._certify_checks import check_finite, check_runs, check_sound, record_shapes
 from liptriton._lower import jacobian_lower_bound
+from liptriton.bounds.conv_bound import WARM_START
 from liptriton.metrics import certified_radius
 
 __all__ = ["Certificate", "CertificateError", "certify"]
@@ -97,13 +98,33 @@ def _baked_copy(model: nn.Module) -> nn.Module:
     """float64 eval-mode copy of ``model`` with every parametrization replaced by the weight it computes.
 
     The model itself is not switched to eval (that converges its power iterations in place):
-    the copy is, so the certificate is about the weights the model uses in eval.
+    the copy is, so the certificate is about the weights the model uses in eval. An eval-mode
+    model's up-to-date cached weights are baked as they are (not recomputed). A convolution keeps
+    its certified state's vectors as :data:`~liptriton.bounds.conv_bound.WARM_START` (a start of
+    certify's own certificate of the baked weight: a valid bound from any start, a faster one
+    from these).
     """
     dup = copy.deepcopy(model).eval()
+    keep_eval_caches(model, dup)
     for mod in list(dup.modules()):
         if parametrize.is_parametrized(mod):
+            warm = _warm_start(mod)
             bake_in_place(mod)
+            if warm is not None:
+                mod.__dict__[WARM_START] = warm
     return dup.double()
+
+
+def _warm_start(mod: nn.Module) -> tuple[tuple[int, ...], Tensor] | None:
+    """(input size, vectors) of the certified frequency-block state of ``mod.weight``, if any."""
+    from liptriton.parametrizations._certified import CertifiedConvNorm
+
+    plist = getattr(mod.parametrizations, "weight", None)
+    for p in plist or ():
+        conv = getattr(p, "conv", None)
+        if isinstance(conv, CertifiedConvNorm) and not conv.fresh and conv.method == "fourier":
+            return conv.input_size, conv.v.detach().double().clone()
+    return None
 
 
 class CertificateError(RuntimeError):

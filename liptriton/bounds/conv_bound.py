@@ -36,7 +36,11 @@ from torch import Tensor
 
 from liptriton.bounds.conv_operator import ConvSpec, _pad_index, conv_apply
 
-__all__ = ["ConvBound", "conv_norm_bound", "conv_operator_matrix"]
+__all__ = ["ConvBound", "WARM_START", "conv_norm_bound", "conv_operator_matrix"]
+
+# Attribute of a baked convolution (certify's copy of a model): ``(input size, vectors)`` of the certified
+# state it was constrained with, a start for :func:`conv_norm_bound`'s "blocks" certificate.
+WARM_START = "_liptriton_warm_start"
 
 _EPS64 = torch.finfo(torch.float64).eps
 _MAX_DENSE = 2**24  # entries of the dense operator matrix (128 MiB in float64)
@@ -158,25 +162,36 @@ def _fourier_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...]) 
     return gather * best, False
 
 
-def _blocks_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...]) -> tuple[float, bool]:
+def _blocks_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
+                  warm: Tensor | None = None) -> tuple[float, bool]:
     """The certificate of the frequency blocks, as the certified parametrizations compute it
     (:mod:`liptriton.bounds.conv_fourier` blocks, :func:`~liptriton.bounds.certified_norm.certify_top_eigenvalue`
     converged and refined): at the same input size, the same bound as the divisor of a
-    ``bound="certified"`` layer, so a layer constrained to k certifies at k."""
-    from liptriton.bounds.certified_norm import certify_top_eigenvalue
+    ``bound="certified"`` layer, so a layer constrained to k certifies at k. ``warm``: that
+    layer's state vectors (real, (blocks, side)): when every block passes the tightest level at
+    their Rayleigh quotients, one factorization is the whole certificate (else from scratch)."""
+    from liptriton.bounds.certified_norm import LEVELS, certify_top_eigenvalue
     from liptriton.bounds.conv_fourier import fourier_gram, fourier_plan
 
     w = weight.detach().double()
     plan = fourier_plan(spec, tuple(w.shape), input_size, w.device)
     with torch.no_grad():
         h = fourier_gram(plan, w)
+        if warm is not None and tuple(warm.shape) == (h.shape[0], h.shape[-1] * (2 if h.is_complex() else 1)):
+            v = warm.to(h.device, torch.float64)
+            v = torch.complex(*v.chunk(2, -1)) if h.is_complex() else v  # [x; y] -> x + i y
+            hv = (h @ v.unsqueeze(-1)).squeeze(-1)
+            lam = float(((v.conj() * hv).sum(-1).real / v.norm(dim=-1) ** 2).max())
+            bound, _ = certify_top_eigenvalue(h, v, 0, LEVELS[:1], refine=0)
+            if float(bound) <= max(lam, 0.0) * LEVELS[0] ** 2 * (1 + 1e-8) + 1e-300:
+                return math.sqrt(float(bound)) * plan.gather, plan.exact
         v = torch.randn(h.shape[:-1], dtype=h.dtype, device=h.device, generator=torch.Generator(h.device).manual_seed(0))
         bound, _ = certify_top_eigenvalue(h, v, 32, refine=3, power=8)
     return math.sqrt(float(bound)) * plan.gather, plan.exact
 
 
 def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
-                    method: str = "auto") -> ConvBound:
+                    method: str = "auto", warm: Tensor | None = None) -> ConvBound:
     """Guaranteed upper bound of the norm of the convolution operator at ``input_size``.
 
     Args:
@@ -188,6 +203,10 @@ def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
             parametrizations divide by: at the same input size a layer constrained to k
             certifies at k), or "auto": dense when the matrix has at most 2**24 entries and the
             input at most 2**14, else blocks.
+        warm: optional start vectors of the "blocks" certificate (the ``v`` of the certified state
+            the layer was constrained with at this input size): the bound is valid from any
+            start, and one factorization when they are converged (ignored if their shape is not
+            that of the blocks).
 
     Returns:
         A :class:`ConvBound`.
@@ -215,5 +234,5 @@ def conv_norm_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
     if method == "fourier":
         value, exact = _fourier_bound(spec, weight, input_size)
         return ConvBound(value, "fourier", exact)
-    value, exact = _blocks_bound(spec, weight, input_size)
+    value, exact = _blocks_bound(spec, weight, input_size, warm)
     return ConvBound(value, "blocks", exact)

@@ -41,7 +41,7 @@ class FourierPlan:
 
     Attributes:
         groups: convolution groups.
-        phases: number of polyphase components, ``prod(stride)``.
+        phases: number of polyphase components that some tap lands in (at most ``prod(stride)``).
         grid: the circular grid after the polyphase split, per dimension.
         gather: norm of the padding gather (1 for zero padding).
         exact: True when the bound equals the operator norm (circular padding).
@@ -126,14 +126,18 @@ def fourier_plan(spec: ConvSpec, weight_shape: tuple[int, ...], input_size: tupl
         a = 2 * math.pi * freqs[i][:, None] * shift[None, :] / grid[i]  # (F_i, T_i)
         angle = (angle[:, None, :, None] + a[None, :, None, :]).flatten(2).flatten(0, 1)
         phase = (phase[:, None] * s + rem[None, :]).flatten()
-    phases = math.prod(spec.stride)
+    # A phase no tap lands in (a kernel narrower than the stride: a 1x1 stride-2 downsampling) adds
+    # zero columns to every block: dropped (same singular values, a smaller Gram matrix).
+    used = torch.unique(phase)
+    phase = torch.searchsorted(used, phase)
+    phases = len(used)
     onehot = torch.nn.functional.one_hot(phase, phases).to(torch.float64).T  # (phases, T)
     table = torch.stack([angle.cos(), -angle.sin()])  # (2, F, T)
     table = (table[:, :, None, :] * onehot[None, None]).flatten(1, 2)  # (2, F * phases, T)
     co, ci = weight_shape[0], weight_shape[1]
     rows, cols = co // spec.groups, ci * phases
     wide = cols > rows
-    pairs, lags, blocks = _pair_classes(spec, kernel, grid, freqs, wide)
+    pairs, lags, blocks = _pair_classes(spec, kernel, grid, freqs, wide, used.tolist())
     dev = device or torch.device("cpu")
     return FourierPlan(groups=spec.groups, phases=phases, grid=grid, gather=gather, exact=exact, wide=wide,
                        size=2 * min(rows, cols), table=table.to(dev), pairs=pairs.to(dev), lags=lags.to(dev),
@@ -141,10 +145,10 @@ def fourier_plan(spec: ConvSpec, weight_shape: tuple[int, ...], input_size: tupl
 
 
 def _pair_classes(spec: ConvSpec, kernel: tuple[int, ...], grid: tuple[int, ...], freqs: list[Tensor],
-                  wide: bool) -> tuple[Tensor, Tensor, Tensor]:
+                  wide: bool, used: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """Group the tap pairs (t, t') of ``sum_{t,t'} G_tt' exp(i <w, j_t - j_t'>)`` by lag (and, on
     the input side, by the (phase_t, phase_t') block they land in; on the output side only pairs of
-    one phase contribute)."""
+    one phase contribute). ``used``: the phases some tap lands in, in order (block numbering)."""
     nd = spec.ndim
     shift, phase = [], []
     for t in itertools.product(*[range(k) for k in kernel]):
@@ -153,8 +157,8 @@ def _pair_classes(spec: ConvSpec, kernel: tuple[int, ...], grid: tuple[int, ...]
         r = 0
         for p, s in zip(pos, spec.stride):
             r = r * s + p % s
-        phase.append(r)
-    phases, n_taps = math.prod(spec.stride), len(shift)
+        phase.append(used.index(r))
+    phases, n_taps = len(used), len(shift)
     keys: dict[tuple, int] = {}
     members: list[tuple[int, int]] = []
     for t in range(n_taps):

@@ -105,6 +105,11 @@ class WeightLayout:
         return b.reshape(self.shape)
 
 
+def _key(w: Tensor) -> tuple:
+    """What identifies the tensor an eval weight was computed from (storage, version, dtype, ...)."""
+    return (w._version, w.data_ptr(), w.dtype, w.device, w.shape)
+
+
 class LipschitzParametrization(nn.Module):
     """Base class: computes the constrained weight in float32 (autocast off) and caches it in eval.
 
@@ -159,7 +164,7 @@ class LipschitzParametrization(nn.Module):
             cache.copy_(out)
         else:
             self._cache = cache = out.clone()
-        self._cache_key = (w._version, w.data_ptr(), w.dtype, w.device, w.shape)
+        self._cache_key = _key(w)
         return cache
 
     def forward(self, w: Tensor) -> Tensor:
@@ -170,7 +175,7 @@ class LipschitzParametrization(nn.Module):
             if cache is not None and cache.shape == w.shape and cache.dtype == w.dtype and cache.device == w.device:
                 return cache
             return self._compute(w)
-        if cache is not None and self._cache_key == (w._version, w.data_ptr(), w.dtype, w.device, w.shape):
+        if cache is not None and self._cache_key == _key(w):
             return cache
         return self._store(w, self._compute(w))
 
@@ -182,6 +187,30 @@ class LipschitzParametrization(nn.Module):
         elif mode:
             self._cache_key = None  # training changes the parameters: recompute in the next eval
         return self
+
+    def keep_cache_of(self, source: LipschitzParametrization, w: Tensor, source_w: Tensor) -> bool:
+        """Take over ``source``'s eval weight, if it is valid for ``source_w``, as valid for ``w``.
+
+        For a deep copy (``self``, receiving ``w``) of an eval-mode parametrization whose cached
+        weight is up to date: the copy then bakes the same weight without recomputing it
+        (certify bakes a copy of the model: the certificate of every convolution again, before).
+
+        Args:
+            source: the parametrization this one is a copy of.
+            w: the tensor this parametrization receives (the copy's original).
+            source_w: the tensor ``source`` receives.
+
+        Returns:
+            True when the cache was taken over (same values, shape and dtype, ``source`` in eval).
+        """
+        cache = self._cache
+        if (source.training or self.training or cache is None or source._cache is None
+                or source._cache_key != _key(source_w) or cache.shape != source._cache.shape
+                or w.shape != source_w.shape or w.dtype != source_w.dtype or not torch.equal(w, source_w)
+                or not torch.equal(cache, source._cache)):
+            return False
+        self._cache_key = _key(w)
+        return True
 
     def invalidate(self) -> None:
         """Forget the cached eval weight (after a change the version counter cannot see, e.g. of ``k``

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from liptriton.bounds.certified_norm import LEVELS, certified_sigma, certified_value, certify_top_eigenvalue, top_index
 from liptriton.bounds.conv_fourier import FourierPlan, fourier_blocks, fourier_gram, fourier_plan
-from liptriton.bounds.conv_operator import ConvSpec, conv_adjoint, conv_apply, conv_power_iteration
+from liptriton.bounds.conv_operator import ConvSpec, conv_adjoint, conv_apply
 from liptriton.parametrizations._state import ConvNormState
 
 __all__ = ["CertifiedConvNorm", "CertifiedMatrixNorm", "BOUNDS", "vector_norm_certified"]
@@ -155,8 +155,8 @@ class CertifiedConvNorm(_Certified, ConvNormState):
     Small operators (matrix of at most 2**18 entries) use the exact operator matrix; larger ones
     its frequency blocks (:mod:`liptriton.bounds.conv_fourier`), a guaranteed bound whose excess
     over the norm shrinks with the input size (+2 to +4% at 8 x 8, +0.2% at 28 x 28). The input
-    size is learned as in :class:`ConvNormState`, whose single vector ``x`` is kept converged
-    on the real operator only when the state converges (for export's measured norm).
+    size is learned as in :class:`ConvNormState`; its vector ``x`` is not iterated here (export
+    converges its own copy on the baked weight for the measured norm).
 
     Args:
         spec: the operator geometry.
@@ -249,9 +249,6 @@ class CertifiedConvNorm(_Certified, ConvNormState):
         """Return the certified operator norm at the tracked input size (differentiable in ``w``)."""
         if self.deferred:  # registration's shape check: converge later, at the real input size
             return self._certified_value(w)
-        if self.fresh:
-            with torch.no_grad():  # the real operator's top vector, for export's measured norm
-                self.x.copy_(conv_power_iteration(self.spec, w.detach().float(), self.x.float(), 50))
         return self._certified(w, update)
 
     def _certified_value(self, w: Tensor) -> Tensor:

@@ -50,13 +50,16 @@ def _dense(mod, shape, nominal):
 
 
 def _conv(mod, shape, nominal):
-    from liptriton.bounds.conv_bound import conv_norm_bound
+    from liptriton.bounds.conv_bound import WARM_START, conv_norm_bound
     from liptriton.bounds.conv_operator import ConvSpec
 
     if shape is None:
         return _INF, "input size unknown"
-    res = conv_norm_bound(ConvSpec.from_module(mod), mod.weight, tuple(shape[2:]))
-    return res.bound, f"{res.method} operator bound at {tuple(shape[2:])}"
+    size = tuple(shape[2:])
+    warm = mod.__dict__.get(WARM_START)  # certify's baked copy: the layer's certified state (a start only)
+    res = conv_norm_bound(ConvSpec.from_module(mod), mod.weight, size,
+                          warm=warm[1] if warm is not None and tuple(warm[0]) == size else None)
+    return res.bound, f"{res.method} operator bound at {size}"
 
 
 _WEIGHTED = {"convert": _constrain, "plain": _plain_layer, "constrained": True}
