@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LEVELS", "certified_sigma", "certified_value", "certify_top_eigenvalue", "lanczos_top", "top_index"]
+__all__ = ["LEVELS", "certify_top_eigenvalue", "lanczos_top"]
 
 
 # Relative levels (on sigma) at which the estimate is tested, tightest first: a converged
@@ -287,51 +287,3 @@ def _converge_top(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...], t
     bound, v = certify_top_eigenvalue(h, v, 0, levels[:1], top, refine=1)
     tight = (lam * (levels[0] ** 2) * (1 + _MARGIN) + 1e-300) * (1 + _MARGIN)
     return bound, v, bool(bound <= tight * (1 + 1e-12))
-
-
-def top_index(h: Tensor, v: Tensor) -> Tensor:
-    """Index (0-d tensor) of the matrix whose Rayleigh quotient ``v_i^T h_i v_i`` is the largest."""
-    with torch.no_grad():
-        v = v.to(h.dtype)
-        return _dot(v, _apply(h, v)).argmax()
-
-
-def certified_sigma(blocks: Tensor, bound_sq: Tensor, v: Tensor) -> Tensor:
-    """The divisor ``sqrt(bound_sq)`` with the gradient of the estimate ``max_i ||B_i v_i||``.
-
-    The value is the certified bound (>= every singular value of every block); the gradient is
-    that of the power-iteration estimate, scaled by the ratio bound / estimate (as the gradient
-    of ``torch.nn.utils.parametrizations.spectral_norm``'s ``u^T W v``).
-
-    Args:
-        blocks: the matrices ``B_i`` (batch, p, q), differentiable.
-        bound_sq: the certified bound of ``max_i sigma_max(B_i)^2`` (0-d, no gradient).
-        v: unit vectors (batch, q), the top right singular vector estimates (no gradient).
-
-    Returns:
-        A 0-d tensor of ``blocks``' dtype whose value is ``sqrt(bound_sq)`` (floored at 1e-30).
-    """
-    return certified_value(torch.bmm(blocks, v.to(blocks.dtype).unsqueeze(-1)).norm(dim=(-2, -1)).max(), bound_sq)
-
-
-def certified_value(est: Tensor, bound_sq: Tensor) -> Tensor:
-    """The divisor ``sqrt(bound_sq)`` with the gradient of the estimate ``est`` scaled by
-    ``bound / est`` (:func:`certified_sigma` for an estimate computed another way, e.g. through
-    the convolution operator itself).
-
-    Args:
-        est: 0-d differentiable estimate of the norm (``||A v||`` for a unit ``v``).
-        bound_sq: the certified bound of its square (0-d, no gradient).
-
-    Returns:
-        A 0-d tensor of ``est``'s dtype whose value is ``sqrt(bound_sq)`` (floored at 1e-30).
-
-    Examples:
-        >>> w = torch.tensor([[3.0, 0.0], [0.0, 1.0]], requires_grad=True)
-        >>> d = certified_value((w @ torch.tensor([1.0, 0.0])).norm(), torch.tensor(9.0, dtype=torch.float64))
-        >>> float(d), w.grad is None
-        (3.0, True)
-    """
-    bound = bound_sq.sqrt().to(est.dtype)
-    scale = bound / est.detach().clamp_min(1e-30)
-    return (bound + scale * (est - est.detach())).clamp_min(1e-30)
