@@ -11,12 +11,19 @@ __all__ = ["sqrt_with_gradeps"]
 
 
 class _SqrtEpsGrad(torch.autograd.Function):
+    """``sqrt`` with an eps in its derivative; the library's Function style (forward without ctx,
+    ``setup_context``, a generated vmap rule), so it composes with torch.func."""
+
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, input: Tensor, eps: float) -> Tensor:
-        out = torch.sqrt(input)
-        ctx.save_for_backward(out)
-        ctx.eps = eps
-        return out
+    def forward(input: Tensor, eps: float) -> Tensor:
+        return torch.sqrt(input)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, float], output: Tensor) -> None:
+        ctx.save_for_backward(output)
+        ctx.eps = inputs[1]
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
