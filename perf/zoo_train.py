@@ -64,8 +64,8 @@ def train(model, loss_fn, xtr, ytr, steps: int, lr: float, log) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 25 == 0 or step == steps - 1:
-            log(f"  step {step}: loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)")
+        if step % 10 == 0 or step == steps - 1:
+            log(f"  step {step}: loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)")
     return time.perf_counter() - t0
 
 
@@ -89,23 +89,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--out", default=str(ROOT / "perf" / "history" / "zoo_train.jsonl"))
     parser.add_argument("--only", choices=("liptriton", "unconstrained"), default=None)
-    parser.add_argument("--bound", choices=("certified", "estimate"), default="certified",
+    parser.add_argument("--bound", choices=("certified", "estimate"), default="estimate",
                         help="the layers' divisor in training (the final certificate is certify's in both cases)")
+    parser.add_argument("--method", default="bjorck", help="lipschitzify's method")
+    parser.add_argument("--activations", default="groupsort", help="lipschitzify's activations policy")
+    parser.add_argument("--alpha", type=float, default=0.98, help="HKR alpha")
+    parser.add_argument("--margin", type=float, default=1.0, help="HKR min_margin")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     xtr, ytr, xte, yte = digits32(0)
     models = torchvision_models()
-    row: dict = {"steps": args.steps, "lr": args.lr, "bound": args.bound, "torch": torch.__version__,
+    row: dict = {"steps": args.steps, "lr": args.lr, "bound": args.bound, "method": args.method,
+                 "activations": args.activations, "hkr": [args.alpha, args.margin], "torch": torch.__version__,
                  "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if args.only in (None, "liptriton"):
         t0 = time.perf_counter()
-        lip = liptriton.lipschitzify(models.resnet18(num_classes=10), activations="groupsort",
-                                     example_input=xtr[:2], bound=args.bound, power_iters_init=30)
+        lip = liptriton.lipschitzify(models.resnet18(num_classes=10), activations=args.activations,
+                                     method=args.method, example_input=xtr[:2], bound=args.bound,
+                                     power_iters_init=30)
         row["convert_s"] = time.perf_counter() - t0
         row["signal"] = lip.lipschitz_report.signal
         print(f"liptriton resnet18: converted in {row['convert_s']:.0f} s, signal kept {row['signal']:.3g}",
               flush=True)
-        loss = liptriton.HKRMulticlassLoss(alpha=0.98, min_margin=1.0)
+        loss = liptriton.HKRMulticlassLoss(alpha=args.alpha, min_margin=args.margin)
         row["train_s"] = train(lip, loss, xtr, ytr, args.steps, args.lr, lambda m: print(m, flush=True))
         row["liptriton"] = evaluate(lip, xte, yte)
         print("liptriton:", row["liptriton"], flush=True)
