@@ -237,12 +237,17 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
             ...) are scaled by 1/c; "groupsort": every ReLU-family activation (ReLU, ReLU6,
             LeakyReLU, GELU, SiLU, Hardswish, ..., modules and functional calls) becomes GroupSort2
             on the channels, norm-preserving where ReLU halves the energy at every layer: the
-            choice for a network to train (``report.signal`` measures it); "keep": the output
-            scale absorbs c.
+            choice for a network to train (``report.signal`` measures it: 1.5e-2 against 5.7e-3
+            with ReLU on torchvision's resnet18 at 32 x 32). GroupSort2 is the max / min of channel
+            pairs (Anil et al.'s MaxMin) and keeps the channel count; liptriton's ``MaxMin``
+            (deel-lip's, ``cat(relu(x), relu(-x))``) doubles it: not a drop-in replacement where
+            the next conv, sum or pooling expects C channels. "keep": the output scale absorbs c.
         maxpool: overlapping max pooling (constant sqrt(windows per element)): "scale" or "keep".
         dropout: "keep" (identity in eval; the training forward scales by 1/(1-p)) or "remove".
-        residual: "convex" (LipResidual) or "keep" (sums add their bounds; the output scale
-            restores k).
+        residual: "convex" (LipResidual: ``a x + (1 - a) f(x)``, learnable; the term with fewer
+            constrained layers, the skip connection, starts at ``a = 0.9``: at 0.5 a deep residual
+            network's identity path is halved at every block) or "keep" (sums add their bounds; the
+            output scale restores k).
         example_input: optional batch of inputs at the real size: the plan uses the shapes of
             one forward (functional pooling, flatten, interpolation, ...: the rules of
             :func:`liptriton.certify`), then :func:`liptriton.parametrizations.initialize` runs
