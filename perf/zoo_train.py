@@ -1,12 +1,17 @@
 """``python -m perf.zoo_train``: a lipschitzified torchvision ResNet-18 trained on scikit-learn's digits.
 
 The digits (8 x 8, 1797 images, 80/20 split) are upscaled to 32 x 32 (bilinear) and repeated on
-3 channels. Two runs of ``--steps`` Adam steps (batch 64):
+3 channels. Two runs of ``--steps`` Adam steps (batch 64, seed 0):
 
 * liptriton: ``lipschitzify(resnet18(num_classes=10), activations="groupsort", example_input=...)``
-  trained with the multiclass HKR loss, then certified (:func:`liptriton.certify`) and its
-  certified accuracy at l2 radius 0.25 computed from the margins;
+  (Björck, layers divided by their power-iteration estimate in training: ``--bound estimate``)
+  trained with the multiclass HKR loss (``--alpha``, ``--margin``), then certified
+  (:func:`liptriton.certify`: a proven bound, whatever the training divisor) and its certified
+  accuracy at l2 radius 0.25 computed from the margins (``r = margin / (sqrt(2) upper)``);
 * unconstrained: the same ResNet-18 trained with cross-entropy, certified the same way.
+
+``--threads 1`` is the right choice on a shared 2-core machine (oversubscribed threads make CPU
+convolutions many times slower). Example: ``python -m perf.zoo_train --threads 1``.
 
 The numbers go to stdout and, as one JSON line, to ``--out`` (default
 ``perf/history/zoo_train.jsonl``). docs/guide.md quotes them.
@@ -21,6 +26,8 @@ import argparse
 import importlib.util
 import json
 import math
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     models = torchvision_models()
     row: dict = {"steps": args.steps, "lr": args.lr, "bound": args.bound, "method": args.method,
                  "activations": args.activations, "hkr": [args.alpha, args.margin], "torch": torch.__version__,
-                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": args.threads,
+                 "machine": f"{platform.machine()} {os.cpu_count()} cores", "load_at_start": os.getloadavg()[0]}
     if args.only in (None, "liptriton"):
         t0 = time.perf_counter()
         lip = liptriton.lipschitzify(models.resnet18(num_classes=10), activations=args.activations,

@@ -36,24 +36,27 @@ def _residuals(model: nn.Module) -> list[liptriton.LipResidual]:
     return [m for m in model.modules() if isinstance(m, liptriton.LipResidual)]
 
 
-def test_resnet18_with_the_policy_keeps_the_signal_and_the_old_plan_was_dead():
-    """resnet18 at 32 x 32, activations='groupsort': the gradient reaching the input is >= 5e-3 of k
-    (measured 1.5e-2 to 1.9e-2); the same network with every residual at 0.5 / 0.5 (the old plan)
-    is below 1e-3 (measured 2.7e-4): the threshold tells a trainable network from a dead one."""
-    torch.manual_seed(0)
+def test_resnet18_with_the_policy_keeps_the_signal_and_without_it_is_below():
+    """torchvision's resnet18 at 32 x 32 (spectral layers: the conversion takes seconds; Björck keeps
+    5x more, 1.5e-2, but its eval-mode convergence takes a minute on CPU). With
+    activations='groupsort' the gradient reaching the input is >= 1.5e-3 of k (measured 2.9e-3 to
+    3.4e-3); with ReLU it is below (9.1e-4 to 9.5e-4); with every residual at 0.5 / 0.5 (the old
+    plan, which did not train) it is below 1.5e-4 (measured 5.7e-5 to 6.2e-5)."""
     net = models().resnet18(num_classes=10)
     x = torch.rand(2, 3, 32, 32)
-    lip = liptriton.lipschitzify(net, activations="groupsort", example_input=x, **FAST)
+    lip = liptriton.lipschitzify(net, activations="groupsort", method="spectral", example_input=x, **FAST)
     residuals = _residuals(lip)
     assert len(residuals) == 8
     assert all(abs(r.convex_weights()[1] - 0.9) < 1e-6 for r in residuals)  # torchvision: `out += identity`
     trainable = _gradient_ratio(lip, x)
-    assert trainable >= 5e-3
+    assert trainable >= 1.5e-3
     assert trainable / 3 <= lip.lipschitz_report.signal <= 3 * trainable  # the report says the same
     with torch.no_grad():
         for r in residuals:
             r.alpha.zero_()
-    assert _gradient_ratio(lip, x) < 1e-3
+    assert _gradient_ratio(lip, x) < 1.5e-4
+    relu = liptriton.lipschitzify(net, method="spectral", example_input=x, **FAST)
+    assert _gradient_ratio(relu, x) < 1.5e-3
 
 
 class _Block(nn.Module):
