@@ -138,8 +138,9 @@ def test_groupsort_policy_keeps_the_signal():
     relu = liptriton.lipschitzify(net, example_input=x, **FAST).lipschitz_report
     gs = liptriton.lipschitzify(net, activations="groupsort", example_input=x, **FAST).lipschitz_report
     assert sum("GroupSort2" in a for _, _, a in gs.changes) == 9  # 8 blocks' relu + the stem's
-    # measured: 2.9e-4 against 4.8e-5 (6x); both far from 1 (issue 17 item 4 is open: see the guide)
-    assert gs.signal > 3 * relu.signal
+    # measured (skip connections at 0.9): 1.5e-2 to 1.9e-2 against 5.7e-3 with ReLU
+    # (tests/test_zoo_trainable.py holds the policy's network above the dead one's threshold)
+    assert gs.signal > 2 * relu.signal
 
 
 @pytest.mark.slow

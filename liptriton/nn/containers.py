@@ -153,17 +153,27 @@ class LipResidual(nn.Module):
     """1-Lipschitz residual merge ``a x + (1 - a) y`` with ``a = sigmoid(alpha)`` learned.
 
     With ``y = f(x)`` and ``f`` 1-Lipschitz, ``x -> a x + (1 - a) f(x)`` is 1-Lipschitz (a convex
-    combination of 1-Lipschitz maps).
+    combination of 1-Lipschitz maps) for every ``a`` in [0, 1]: the initial weight changes how
+    much signal the network keeps, never its bound.
+
+    Args:
+        weight: the initial ``a``, in (0, 1) (default 0.5, deel-torchlip's ``alpha = 0``).
+            :func:`liptriton.lipschitzify` gives the skip connection 0.9 (see its ``residual``
+            option): a product of 0.5 per block loses the identity path of a deep network.
 
     Examples:
         >>> res = LipResidual()
         >>> x = torch.randn(2, 3)
         >>> out = res(x, torch.tanh(x))
+        >>> round(LipResidual(weight=0.9).convex_weights()[0], 6)
+        0.9
     """
 
-    def __init__(self) -> None:
+    def __init__(self, weight: float = 0.5) -> None:
         super().__init__()
-        self.alpha = nn.Parameter(torch.tensor(0.0))
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 < weight < 1.0:
+            raise ValueError(f"LipResidual: weight must be a number in (0, 1), got {weight!r}")
+        self.alpha = nn.Parameter(torch.tensor(math.log(weight / (1.0 - weight))))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         alpha = torch.sigmoid(self.alpha)
