@@ -68,3 +68,25 @@ def exact_conv_norm(module: nn.Module, weight: torch.Tensor, input_size: tuple[i
     with torch.no_grad():
         a = plain(eye).flatten(1)
     return float(torch.linalg.svdvals(a).max())
+
+
+def applied_norm(layer: nn.Module, size: tuple[int, ...] | None) -> float:
+    """The true norm of the weight ``layer`` applies now (training mode: the next forward's):
+    float64 SVD for a dense weight (``size`` None), the exact operator norm at ``size`` for a conv."""
+    w = layer.weight
+    return float(dense_singular_values(w).max()) if size is None else exact_conv_norm(layer, w, size)
+
+
+def hostile_ratios(layer: nn.Module, make_x, size: tuple[int, ...] | None, k: float, steps: int,
+                   lr: float = 1e-2, initial: bool = False) -> list[float]:
+    """Adam pushing the output norm up (``-(layer(x) ** 2).mean()``, a fresh x per step); the
+    measured norm / k after every step (and before the first, with ``initial``)."""
+    opt = torch.optim.Adam(layer.parameters(), lr=lr)
+    ratios = [applied_norm(layer, size) / k] if initial else []
+    for _ in range(steps):
+        loss = -(layer(make_x()) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ratios.append(applied_norm(layer, size) / k)
+    return ratios

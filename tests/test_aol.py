@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import liptriton
-from tests._measure import dense_singular_values, exact_conv_norm
+from tests._measure import dense_singular_values, exact_conv_norm, hostile_ratios
 
 SLACK = 1e-5  # AOL is a closed-form bound: only float32 rounding separates it from k
 
@@ -33,22 +33,8 @@ CONVS = {
 }
 
 
-def _norm(layer: nn.Module, size) -> float:
-    w = layer.weight  # the weight the next forward applies
-    return float(dense_singular_values(w).max()) if size is None else exact_conv_norm(layer, w, size)
-
-
 def _hostile(layer: nn.Module, make_x, size, k: float, steps: int, lr: float = 1e-2) -> list[float]:
-    """Adam pushing the output norm up; the measured norm / k after every step."""
-    opt = torch.optim.Adam(layer.parameters(), lr=lr)
-    ratios = [_norm(layer, size) / k]
-    for _ in range(steps):
-        loss = -(layer(make_x()) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ratios.append(_norm(layer, size) / k)
-    return ratios
+    return hostile_ratios(layer, make_x, size, k, steps, lr, initial=True)
 
 
 @pytest.mark.parametrize("k", [1.0, 2.5], ids=["k1", "k2.5"])

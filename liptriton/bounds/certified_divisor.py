@@ -65,11 +65,11 @@ def certified_value(est: Tensor, bound_sq: Tensor) -> Tensor:
     the convolution operator itself).
 
     Args:
-        est: 0-d differentiable estimate of the norm (``||A v||`` for a unit ``v``).
-        bound_sq: the certified bound of its square (0-d, no gradient).
+        est: differentiable estimate(s) of the norm (``||A v||`` for a unit ``v``), 0-d or a batch.
+        bound_sq: the certified bound(s) of its square, same shape (no gradient).
 
     Returns:
-        A 0-d tensor of ``est``'s dtype whose value is ``sqrt(bound_sq)`` (floored at 1e-30).
+        A tensor of ``est``'s dtype and shape whose value is ``sqrt(bound_sq)`` (floored at 1e-30).
 
     Examples:
         >>> w = torch.tensor([[3.0, 0.0], [0.0, 1.0]], requires_grad=True)

@@ -159,7 +159,14 @@ class Bjorck(LipschitzParametrization):
         wb = self.layout.to_batch(w)
         if min(wb.shape[-2:]) == 1:  # vectors: the polar factor is w / ||w||, what Björck converges to
             q = self.layout.from_batch(wb / vector_norm_certified(wb, reduce=False)[:, None, None])
-            return q / self.conv.norm(q, update=self.training) * self.k if self.layout.is_conv else q * self.k
+        else:
+            q = self.layout.from_batch(self._iterate(wb))
+        if self.layout.is_conv:
+            return q / self.conv.norm(q, update=self.training) * self.k
+        return q * self.k
+
+    def _iterate(self, wb: Tensor) -> Tensor:
+        """Björck steps on the matrices ``wb`` (B, m, n), pre-normalized so that they converge."""
         sigma = self.state.norm(wb, update=self.training)
         # Guard against an estimate far below sigma_max (one large optimizer step on a nearly
         # orthogonal weight can make a new direction the top one): with a guaranteed bound B,
@@ -169,11 +176,7 @@ class Bjorck(LipschitzParametrization):
         steps = self.n_iters_train if self.training else self.n_iters + self.eval_extra
         # a rectangular weight iterates in Gram space (m x m products; same polynomial, same bound)
         iterate = bjorck_gram if gram_pays(wb.shape) else bjorck_op
-        q = iterate(wb / sigma[:, None, None], steps, self.order, self.beta)
-        q = self.layout.from_batch(q)
-        if self.layout.is_conv:
-            return q / self.conv.norm(q, update=self.training) * self.k
-        return q * self.k
+        return iterate(wb / sigma[:, None, None], steps, self.order, self.beta)
 
 
 def bjorck(module: nn.Module, name: str = "weight", *, k: float = 1.0, n_iters: int = 15, order: int = 1,
