@@ -276,9 +276,10 @@ def _converge_top(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...], t
     (the others passed a lower one, so they pass it too), for a few rounds.
 
     Returns:
-        ``(bound, v, tight)``: a proven bound and the vectors as :func:`certify_top_eigenvalue`'s,
-        and whether every matrix passed the tightest level of the final estimate (a host
-        synchronization per round; when not, the caller runs the full procedure).
+        ``(bound, v, tight)``: a proven bound (infinite when not tight) and the vectors as
+        :func:`certify_top_eigenvalue`'s, and whether every matrix passed the tightest level of
+        the final estimate (a host synchronization per round; when not, the caller runs the full
+        procedure).
     """
     if h.shape[0] > top:
         for _ in range(_RANK_STEPS):  # power steps over the whole batch: a memory-bound pass each
@@ -305,8 +306,8 @@ def _converge_top(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...], t
         sub, sub_info = torch.linalg.cholesky_ex(mu * eye - h[missed])
         factor, info = factor.index_copy(0, missed, sub), info.index_copy(0, missed, sub_info)
     else:
-        if bool((info != 0).any()):
-            return mu * (1 + _MARGIN), v, False
+        if bool((info != 0).any()):  # no proof at this level: nothing certified here
+            return torch.full_like(mu, float("inf")), v, False
     # one inverse-iteration step with the proving factors of the top matrices: the next call's
     # warm start (the others' vectors come from the ranking; a solve costs several matrix passes)
     idx = _dot(v, _apply(h, v)).topk(min(top, h.shape[0])).indices
