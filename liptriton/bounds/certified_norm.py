@@ -20,6 +20,10 @@ the side and half the factorization cost of their real embedding). Everything he
 float64 (complex128) under ``no_grad``: the Gram products' and the factorization's
 rounding (relative ``~dim * 1e-16``) is covered by an explicit margin. Plain matmuls and a
 batched Cholesky (cuSOLVER / LAPACK): no Triton kernel.
+
+On a CPU the estimate comes from LAPACK's eigensolver instead of Lanczos where that is cheaper
+(:mod:`liptriton.bounds.certified_direct`; :func:`_path` decides): the proof is the same
+factorization, at ``1 + 1e-6``.
 """
 
 from __future__ import annotations
