@@ -78,7 +78,8 @@ class _Search:
             (w,) = torch.autograd.grad(self.out, self.z, u, retain_graph=True, create_graph=create_graph,
                                        allow_unused=True)
         except _AD_ERRORS:
-            self.out = None
+            if not create_graph:  # no pullback: none from now on (a second-order failure keeps the first)
+                self.out = None
             return None
         return torch.zeros_like(self.z) if w is None else w
 
@@ -141,7 +142,7 @@ class _Search:
                         g = None
                     g = torch.zeros_like(v) if g is None else g
                 elif pulled is not None:
-                    g = torch.zeros_like(v)  # the pullback does not depend on z: J is locally constant
+                    g = torch.zeros_like(v)  # no path from z to the pullback: autograd sees a constant J
         if g is None:
             self.ascent_ok = False
             return None
