@@ -164,7 +164,7 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
         inputs: a batch; the first ``n_samples`` samples are the starting points.
         n_samples: number of starting points.
         power_iters: power steps at each point (the top singular pair is computed exactly
-            instead when the output has at most ``4 * power_iters`` entries: one pullback each).
+            instead, one pullback per output, when the output has at most 4 entries per step).
         ascent_steps: gradient-ascent steps on each point (each followed by ``power_iters // 4``
             power steps, at least 2, or the exact top pair).
         step: progress callback, called once per power iteration (or its exact equivalent).
