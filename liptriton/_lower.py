@@ -138,9 +138,9 @@ class _Search:
                 if pulled is not None and pulled.requires_grad:
                     try:
                         (g,) = torch.autograd.grad((pulled * v).sum(), self.z, allow_unused=True)
-                    except _AD_ERRORS:
+                        g = torch.zeros_like(v) if g is None else g  # unused: no path from z
+                    except _AD_ERRORS:  # no double backward for an op: no ascent
                         g = None
-                    g = torch.zeros_like(v) if g is None else g
                 elif pulled is not None:
                     g = torch.zeros_like(v)  # no path from z to the pullback: autograd sees a constant J
         if g is None:

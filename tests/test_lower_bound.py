@@ -139,3 +139,52 @@ def test_conv_net_lower_bound_below_certified_upper_and_above_the_jacobian_at_th
     plain = liptriton.vanilla_model(lip, in_place=False).double().eval()
     at_points = max(_jacobian_norm(plain, x[i].double()) for i in range(2))
     assert at_points * (1 - 1e-6) <= cert.lower <= cert.upper
+
+
+class _Raise(torch.autograd.Function):
+    """g * cosh(x) with no backward: the derivative of _SinhOnce's backward."""
+
+    @staticmethod
+    def forward(ctx, g, x):
+        return g * torch.cosh(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("_Raise: no second derivative")
+
+
+class _SinhOnce(torch.autograd.Function):
+    """sinh with a forward-mode rule and a backward that has no backward itself."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+        return torch.sinh(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _Raise.apply(g, x)
+
+    @staticmethod
+    def jvp(ctx, t):
+        (x,) = ctx.saved_tensors
+        return t * torch.cosh(x)
+
+
+def test_model_without_double_backward_under_no_grad_keeps_its_estimate():
+    """A backward that cannot be differentiated (an error only once reached) stops the ascent, not
+    the search; called under torch.no_grad, the search still measures (it enables grad itself)."""
+    net = nn.Sequential(nn.Linear(4, 6), nn.Identity(), nn.Linear(6, 3)).double().eval()
+    net[1].forward = _SinhOnce.apply
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        lower, note = jacobian_lower_bound(net, x, n_samples=2, power_iters=8)
+    assert "no gradient ascent" in note
+    at_points = max(_jacobian_norm(net, x[i]) for i in range(2))
+    # the secant may pass ||J(x_i)|| (cosh grows), never the constant on the ball it spans
+    a, b = (float(torch.linalg.matrix_norm(m.weight.detach(), 2)) for m in (net[0], net[2]))
+    reach = float(x.norm(dim=1).max()) * 1.01 + 2e-3
+    pre = a * reach + float(net[0].bias.detach().norm())
+    assert at_points * (1 - 1e-9) <= lower <= a * b * float(torch.cosh(torch.tensor(pre)))
