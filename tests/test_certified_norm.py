@@ -17,10 +17,10 @@ from liptriton.bounds.conv_operator import ConvSpec
 from tests._measure import exact_conv_norm
 
 
-@pytest.fixture(params=["lanczos", "direct"])
+@pytest.fixture(params=["lanczos", "direct", "ranked"])
 def path(request, monkeypatch):
-    """Both paths of the certificate, whatever the shape rule would choose."""
-    monkeypatch.setattr(certified_norm, "_direct", lambda h: request.param == "direct")
+    """Every path of the certificate, whatever the shape rule would choose."""
+    monkeypatch.setattr(certified_norm, "_path", lambda h, steps, refine: request.param)
     return request.param
 
 
@@ -38,17 +38,19 @@ def test_certificate_is_above_and_close_to_lambda_max(batch, q, flat, dtype, pat
     v = torch.randn(batch, q, dtype=dtype, generator=g)
     bound, v = certify_top_eigenvalue(h, v, 8, refine=3)
     assert top <= float(bound) <= top * 1.0021
-    if path == "direct":  # converged at once: the tightest level, and the top matrix's vector
+    if path != "lanczos":  # converged at once: the tightest level, and the top matrix's vector
         assert float(bound) <= top * (1 + 2.1e-6)
         rayleigh = ((v.conj() * (h @ v.unsqueeze(-1)).squeeze(-1)).sum(-1).real).max()
         assert float(rayleigh) >= top * (1 - 1e-9)
 
 
-def test_shape_rule_picks_direct_for_small_cpu_batches():
-    def picks(batch, q):
-        return certified_norm._direct(torch.zeros(batch, q, q, dtype=torch.float64))
-    assert picks(1, 1024) and picks(32, 256) and picks(60, 32) and picks(120, 32)
-    assert not picks(420, 32) and not picks(180, 64) and not picks(60, 128)
+def test_shape_rule_picks_the_eigensolver_paths_on_cpu():
+    def picks(batch, q, steps=8, refine=1):
+        return certified_norm._path(torch.zeros(batch, q, q, dtype=torch.float64), steps, refine)
+    assert all(picks(b, q) == "direct" for b, q in [(1, 1024), (32, 256), (60, 32), (120, 32)])
+    assert all(picks(b, q) == "ranked" for b, q in [(420, 32), (180, 64), (60, 128)])
+    assert picks(420, 32, steps=0) == picks(420, 32, refine=3) == "lanczos"
+    assert certified_norm._path(torch.zeros(420, 32, 32, dtype=torch.float64, device="meta"), 8, 1) == "lanczos"
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
@@ -168,3 +170,23 @@ def test_dense_path_estimate_through_the_operator_matches_the_matrix(make, size)
     (g_ref,) = torch.autograd.grad(ref, w)
     assert torch.allclose(ours, ref, rtol=1e-5)
     assert torch.allclose(g_ours, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_ranked_path_over_a_drifting_batch():
+    """The warm CPU path of a large batch, as training calls it: the matrices drift and the top
+    one changes between calls; every bound is above the true maximum (float64 eigvalsh) and within
+    the tightest level of it, and the returned vectors give the top matrix's eigenvector."""
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(200, 10, 8, dtype=torch.complex128, generator=g)
+    v = torch.randn(200, 8, dtype=torch.complex128, generator=g)
+    assert certified_norm._path(a.mH @ a, 8, 1) == "ranked"
+    for step in range(20):
+        a = a + 0.05 * torch.randn(a.shape, dtype=a.dtype, generator=g)
+        if step % 5 == 4:  # a matrix deep in the ranking jumps above all others
+            a[int(torch.randint(200, (1,), generator=g))] *= 1.2
+        h = a.mH @ a
+        top = float(torch.linalg.eigvalsh(h).max())
+        bound, v = certify_top_eigenvalue(h, v, 8)
+        assert top <= float(bound) <= top * (1 + 1e-6) ** 2 * (1 + 1e-8), step
+        rayleigh = (v.conj() * (h @ v.unsqueeze(-1)).squeeze(-1)).sum(-1).real.max()
+        assert float(rayleigh) >= top * (1 - 1e-6), step

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from liptriton.bounds.certified_norm import _apply, _dot
+from liptriton.bounds._gram_ops import apply as _apply
+from liptriton.bounds._gram_ops import dot as _dot
 
 __all__ = ["certified_sigma", "certified_value", "top_index"]
 

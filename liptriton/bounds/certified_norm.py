@@ -28,6 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from liptriton.bounds._gram_ops import MARGIN as _MARGIN
+from liptriton.bounds._gram_ops import apply as _apply
+from liptriton.bounds._gram_ops import dot as _dot
+from liptriton.bounds._gram_ops import frobenius as _frobenius
+from liptriton.bounds._gram_ops import generic as _generic
+from liptriton.bounds.certified_direct import certify_direct, certify_ranked
+
 __all__ = ["LEVELS", "certify_top_eigenvalue", "lanczos_top"]
 
 
@@ -35,7 +42,6 @@ __all__ = ["LEVELS", "certify_top_eigenvalue", "lanczos_top"]
 # estimate (eval, export) is exact to float64 rounding and passes at 1e-6; in training the
 # warm-started estimate is within about 1e-3.
 LEVELS = (1.0 + 1e-6, 1.0 + 1e-3, 1.0 + 3e-3, 1.0 + 1e-2, 1.0 + 3e-2, 1.0 + 1e-1)
-_MARGIN = 1e-9  # float64 rounding of the Gram product and of the Cholesky factorization
 _RETEST = 4  # matrices that failed the tightest level and are refined and tested at every level
 # A small CPU batch takes the direct path: LAPACK's eigvalsh gives the top eigenvalues outright,
 # cheaper than the Lanczos path's hundreds of small ops and its retest factorizations. Measured
@@ -44,30 +50,9 @@ _RETEST = 4  # matrices that failed the tightest level and are refined and teste
 # 120 of side 32: 0.83; but 420 of side 32: 1.58, 180 of side 64: 1.58, 60 of side 128: 1.39.
 _DIRECT_BATCH = 32
 _DIRECT_WORK = (128, 2**24)  # (batch, batch * side^3) both at most these
-_RANK_STEPS = 12  # Lanczos steps of every matrix that rank a fresh batch (8 power steps missed up to 17
-# of 144 ResNet-50 frequency blocks above the top 16's maximum; 12 Lanczos steps none, on its 17 3x3 convs)
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Real part of the batched inner product ``<a, b>`` over the last dimension."""
-    return (a.conj() * b).sum(-1).real if a.is_complex() else (a * b).sum(-1)
-
-
-def _apply(h: Tensor, v: Tensor) -> Tensor:
-    return (h @ v.unsqueeze(-1)).squeeze(-1)
-
-
-def _frobenius(h: Tensor) -> Tensor:
-    """``||h_i||_F`` (batch,): one pass over the real view (``matrix_norm`` of a complex batch is
-    several times slower)."""
-    r = torch.view_as_real(h).flatten(-2) if h.is_complex() else h
-    return r.square().sum((-2, -1)).sqrt()
-
-
-def _generic(n: int, j: float, like: Tensor) -> Tensor:
-    """A fixed vector with a component on every direction (no host randomness)."""
-    real = like.real.dtype if like.is_complex() else like.dtype
-    return torch.cos(torch.arange(1, n + 1, dtype=real, device=like.device) * j).to(like.dtype)
+_RANK_STEPS = 4  # power steps of every matrix that rank a fresh batch; the matrices they rank too low fail
+# the factorization at the top ones' level, and only those are then converged (ResNet-50: see perf/NOTES.md)
+_MISSED_ROUNDS = 4  # rounds of converging the missed matrices before the full procedure
 
 
 def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
@@ -109,38 +94,22 @@ def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
     return F.normalize((qs @ y.unsqueeze(-1)).squeeze(-1), dim=-1, eps=1e-300)
 
 
-def _direct(h: Tensor) -> bool:
-    """Whether ``h`` takes the direct path (a shape decision: no host synchronization). CPU only:
-    on CUDA ``eigvalsh`` synchronizes with the host."""
+def _path(h: Tensor, steps: int, refine: int) -> str:
+    """Which path certifies ``h`` (a decision on shapes, device and mode; no host synchronization).
+
+    "direct" (:func:`~liptriton.bounds.certified_direct.certify_direct`) for a small CPU batch;
+    "ranked" (:func:`~liptriton.bounds.certified_direct.certify_ranked`) for a larger CPU batch
+    in an eager warm call; else "lanczos" (CUDA, where ``eigvalsh`` synchronizes with the host;
+    ``torch.compile``, which the ranked path's rounds would break; converging calls).
+    """
+    if h.device.type != "cpu":
+        return "lanczos"
     batch, side = h.shape[0], h.shape[-1]
-    small = batch <= _DIRECT_WORK[0] and batch * side**3 <= _DIRECT_WORK[1]
-    return h.device.type == "cpu" and (batch <= _DIRECT_BATCH or small)
-
-
-def _certify_direct(h: Tensor, v: Tensor, levels: tuple[float, ...]) -> tuple[Tensor, Tensor]:
-    """The direct path of :func:`certify_top_eigenvalue`: the top eigenvalues by ``eigvalsh``
-    (float64: exact to ``~side * 1e-16`` relative, far inside the tightest level), the proof (a
-    batched Cholesky of ``mu I - h`` at the tightest level), then two inverse-iteration steps on
-    the top matrix with its factor, which converge its vector (the shift is within ``1e-6`` of its
-    top eigenvalue; the other matrices' vectors are kept: nothing here uses them). A matrix that
-    fails the test (non-finite, or an eigensolver far off) contributes its Frobenius norm: always
-    valid."""
-    fro = _frobenius(h)
-    finite = torch.isfinite(fro)  # a non-finite matrix has a non-finite norm: it propagates below
-    lams = torch.linalg.eigvalsh(torch.where(finite[:, None, None], h, 0))[..., -1].clamp_min(0)
-    i = lams.argmax().reshape(1)
-    mu = lams.index_select(0, i).squeeze(0) * (levels[0] ** 2) * (1 + _MARGIN) + 1e-300
-    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
-    factor, info = torch.linalg.cholesky_ex(mu * eye - h)
-    ok = (info == 0) & finite
-    each = torch.where(ok, mu, fro)
-    top = torch.where(ok.index_select(0, i)[:, None, None], factor.index_select(0, i), eye)
-    v = v.to(h.dtype)
-    vt = F.normalize(v.index_select(0, i), dim=-1, eps=1e-300)
-    vt = vt + 0.1 * F.normalize(_generic(h.shape[-1], 1.6180339887, h), dim=0)
-    for _ in range(2):
-        vt = F.normalize(torch.cholesky_solve(vt.unsqueeze(-1), top).squeeze(-1), dim=-1, eps=1e-300)
-    return each.max() * (1 + _MARGIN), F.normalize(v, dim=-1, eps=1e-300).index_copy(0, i, vt)
+    if batch <= _DIRECT_BATCH or (batch <= _DIRECT_WORK[0] and batch * side**3 <= _DIRECT_WORK[1]):
+        return "direct"
+    if steps > 0 and refine <= 1 and not torch.compiler.is_compiling():
+        return "ranked"
+    return "lanczos"
 
 
 def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
@@ -173,11 +142,12 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         power: power steps every matrix takes before the ``top`` are chosen (from a random
             start, a few steps rank the matrices by their top eigenvalue rather than by trace).
 
-    A small CPU batch (``batch <= 32``, or ``batch <= 128`` and ``batch * q^3 <= 2^24``) takes a
-    direct path instead:
-    ``eigvalsh`` picks the level, one batched Cholesky proves it, inverse iteration gives the
-    vectors (``steps``, ``top``, ``refine`` and ``power`` then do not apply: the result is the
-    converged one).
+    On a CPU, LAPACK's eigensolver replaces Lanczos (:mod:`liptriton.bounds.certified_direct`): a
+    small batch (``batch <= 32``, or ``batch <= 128`` and ``batch * q^3 <= 2^24``) by ``eigvalsh``
+    of every matrix; a larger one, in an eager warm call (``steps > 0``, ``refine <= 1``), by
+    ``eigvalsh`` of the ``top`` matrices ranked by their vectors and of those whose factorization
+    then fails. One batched Cholesky proves the level; inverse iteration gives the vectors
+    (``steps``, ``refine`` and ``power`` then do not apply: the bound is at the tightest level).
 
     Returns:
         ``(bound, v)``: a 0-d float64 tensor ``>= max_i lambda_max(h_i)``, and the new unit
@@ -191,9 +161,10 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         >>> bool(top <= bound <= top * 1.003)
         True
     """
-    if _direct(h):
+    path = _path(h, steps, refine)
+    if path != "lanczos":
         with torch.no_grad():
-            return _certify_direct(h, v, levels)
+            return certify_direct(h, v, levels) if path == "direct" else certify_ranked(h, v, levels, top)
     with torch.no_grad():
         # Keep a share of a fixed generic vector in the warm start: a top eigenvector the previous
         # steps did not see (another group, another symmetry class overtaking the old top) then
@@ -267,23 +238,49 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
 
 def _converge_top(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...], top: int
                   ) -> tuple[Tensor, Tensor, bool]:
-    """The fast path of a converging call: rank every matrix by a few Lanczos steps, converge the
+    """The fast path of a converging call: rank every matrix by a few power steps, converge the
     ``top`` ones by ``steps`` Lanczos steps, then test every matrix once at the tightest level of
     that estimate (one factorization of the batch; the full procedure takes three, plus the
-    retests at every level).
+    retests at every level). A matrix the ranking missed fails that test (its top eigenvalue is
+    above the level): only those are converged by Lanczos and tested again at the raised level
+    (the others passed a lower one, so they pass it too), for a few rounds.
 
     Returns:
-        ``(bound, v, tight)``: a proven bound and the vectors as :func:`certify_top_eigenvalue`'s,
-        and whether every matrix passed the tightest level (a host synchronization; when not,
-        the bound may be loose: the caller runs the full procedure).
+        ``(bound, v, tight)``: a proven bound (infinite when not tight) and the vectors as
+        :func:`certify_top_eigenvalue`'s, and whether every matrix passed the tightest level of
+        the final estimate (a host synchronization per round; when not, the caller runs the full
+        procedure).
     """
     if h.shape[0] > top:
-        v = lanczos_top(h, v, min(steps, _RANK_STEPS))
+        for _ in range(_RANK_STEPS):  # power steps over the whole batch: a memory-bound pass each
+            v = F.normalize(_apply(h, v), dim=-1, eps=1e-300)
         idx = _dot(v, _apply(h, v)).topk(top).indices
         v = v.index_copy(0, idx, lanczos_top(h[idx], v[idx], steps))
     else:
         v = lanczos_top(h, v, steps)
     lam = _dot(v, _apply(h, v)).clamp_min(0).max()
-    bound, v = certify_top_eigenvalue(h, v, 0, levels[:1], top, refine=1)
-    tight = (lam * (levels[0] ** 2) * (1 + _MARGIN) + 1e-300) * (1 + _MARGIN)
-    return bound, v, bool(bound <= tight * (1 + 1e-12))
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    scale = (levels[0] ** 2) * (1 + _MARGIN)
+    mu = lam * scale + 1e-300
+    factor, info = torch.linalg.cholesky_ex(mu * eye - h)
+    for _ in range(_MISSED_ROUNDS):
+        missed = (info != 0).nonzero().flatten()
+        if missed.numel() == 0:
+            break
+        # factor(mu' I - H) exists for mu' >= mu where it existed at mu: only the missed matrices
+        # are converged and tested again, at the raised level
+        vs = lanczos_top(h[missed], v[missed], max(steps, _RANK_STEPS))
+        v = v.index_copy(0, missed, vs)
+        lam = torch.maximum(lam, _dot(vs, _apply(h[missed], vs)).clamp_min(0).max())
+        mu = lam * scale + 1e-300
+        sub, sub_info = torch.linalg.cholesky_ex(mu * eye - h[missed])
+        factor, info = factor.index_copy(0, missed, sub), info.index_copy(0, missed, sub_info)
+    else:
+        if bool((info != 0).any()):  # no proof at this level: nothing certified here
+            return torch.full_like(mu, float("inf")), v, False
+    # one inverse-iteration step with the proving factors of the top matrices: the next call's
+    # warm start (the others' vectors come from the ranking; a solve costs several matrix passes)
+    idx = _dot(v, _apply(h, v)).topk(min(top, h.shape[0])).indices
+    vi = torch.cholesky_solve(v[idx].unsqueeze(-1), factor[idx]).squeeze(-1)
+    v = F.normalize(v, dim=-1, eps=1e-300).index_copy(0, idx, F.normalize(vi, dim=-1, eps=1e-300))
+    return mu * (1 + _MARGIN), v, True

@@ -1,0 +1,56 @@
+"""Small batched operations on Gram matrices shared by the certificate's paths
+(:mod:`liptriton.bounds.certified_norm`, :mod:`liptriton.bounds.certified_direct`,
+:mod:`liptriton.bounds.certified_divisor`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["MARGIN", "apply", "dot", "frobenius", "generic"]
+
+MARGIN = 1e-9  # float64 rounding of the Gram product and of the Cholesky factorization
+
+
+def dot(a: Tensor, b: Tensor) -> Tensor:
+    """Real part of the batched inner product ``<a, b>`` over the last dimension.
+
+    Examples:
+        >>> float(dot(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])))
+        11.0
+    """
+    return (a.conj() * b).sum(-1).real if a.is_complex() else (a * b).sum(-1)
+
+
+def apply(h: Tensor, v: Tensor) -> Tensor:
+    """``h_i v_i`` for a batch of matrices (batch, q, q) and vectors (batch, q).
+
+    Examples:
+        >>> apply(2 * torch.eye(2).expand(3, 2, 2), torch.ones(3, 2)).shape
+        torch.Size([3, 2])
+    """
+    return (h @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def frobenius(h: Tensor) -> Tensor:
+    """``||h_i||_F`` (batch,): one pass over the real view (``matrix_norm`` of a complex batch is
+    several times slower).
+
+    Examples:
+        >>> float(frobenius(torch.eye(4, dtype=torch.float64)[None]))
+        2.0
+    """
+    r = torch.view_as_real(h).flatten(-2) if h.is_complex() else h
+    return r.square().sum((-2, -1)).sqrt()
+
+
+def generic(n: int, j: float, like: Tensor) -> Tensor:
+    """A fixed vector of length ``n`` with a component on every direction (no host randomness),
+    of ``like``'s dtype and device.
+
+    Examples:
+        >>> generic(3, 1.0, torch.zeros(1)).shape
+        torch.Size([3])
+    """
+    real = like.real.dtype if like.is_complex() else like.dtype
+    return torch.cos(torch.arange(1, n + 1, dtype=real, device=like.device) * j).to(like.dtype)

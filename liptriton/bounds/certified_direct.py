@@ -1,0 +1,142 @@
+"""The certificate's CPU paths through LAPACK's eigensolver (see
+:mod:`liptriton.bounds.certified_norm` for the proof and for the Lanczos path that CUDA and
+``torch.compile`` take).
+
+``eigvalsh`` gives a matrix's top eigenvalue outright (float64: exact to ``~side * 1e-16``
+relative, far inside the tightest level ``1 + 1e-6``); one batched Cholesky factorization of
+``mu I - H_i`` for every matrix at that level proves the bound; inverse iteration with the factor
+converges the top matrix's vector (the gradient's). Cheaper on a CPU than the Lanczos path's
+hundreds of small operations and its retest factorizations, and tight at every step.
+
+- :func:`certify_direct`: every matrix's eigenvalues (a small batch).
+- :func:`certify_ranked`: a large batch, eagerly. The matrices are ranked by the Rayleigh
+  quotients of their warm vectors; only the top ones go through ``eigvalsh``; every matrix is
+  factored once at their level. A matrix the ranking placed too low fails its factorization
+  (the factorization is the proof: a missed matrix can cost time, never soundness); only the
+  failed ones go through ``eigvalsh`` and are factored again at the raised level (a matrix that
+  passed a lower level passes a higher one). One host synchronization per round.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from liptriton.bounds._gram_ops import MARGIN, apply, dot, frobenius, generic
+
+__all__ = ["certify_direct", "certify_ranked"]
+
+_ROUNDS = 4  # rounds for matrices the ranking missed before the Frobenius fallback
+
+
+def certify_direct(h: Tensor, v: Tensor, levels: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """Every matrix's top eigenvalue by ``eigvalsh``, the proof at the tightest level, two
+    inverse-iteration steps on the top matrix (the other vectors are kept). A matrix that fails
+    the test (non-finite, or an eigensolver far off) contributes its Frobenius norm: always valid,
+    and non-finite for a non-finite matrix.
+
+    Args:
+        h: positive semi-definite matrices (batch, q, q), float64 or complex128.
+        v: vectors (batch, q).
+        levels: relative levels on ``sqrt(lambda)``; only the tightest is used.
+
+    Returns:
+        ``(bound, v)`` as :func:`liptriton.bounds.certified_norm.certify_top_eigenvalue`'s.
+
+    Examples:
+        >>> a = torch.randn(3, 5, 4, dtype=torch.float64)
+        >>> h = a.mT @ a
+        >>> bound, _ = certify_direct(h, torch.randn(3, 4, dtype=torch.float64), (1 + 1e-6,))
+        >>> top = torch.linalg.eigvalsh(h).max()
+        >>> bool(top <= bound <= top * (1 + 3e-6))
+        True
+    """
+    fro = frobenius(h)
+    finite = torch.isfinite(fro)  # a non-finite matrix has a non-finite norm: it propagates below
+    lams = torch.linalg.eigvalsh(torch.where(finite[:, None, None], h, 0))[..., -1].clamp_min(0)
+    i = lams.argmax().reshape(1)
+    mu = lams.index_select(0, i).squeeze(0) * (levels[0] ** 2) * (1 + MARGIN) + 1e-300
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    factor, info = torch.linalg.cholesky_ex(mu * eye - h)
+    ok = (info == 0) & finite
+    each = torch.where(ok, mu, fro)
+    top = torch.where(ok.index_select(0, i)[:, None, None], factor.index_select(0, i), eye)
+    v = v.to(h.dtype)
+    vt = _inverse_steps(h, v.index_select(0, i), top, 2)
+    return each.max() * (1 + MARGIN), F.normalize(v, dim=-1, eps=1e-300).index_copy(0, i, vt)
+
+
+def certify_ranked(h: Tensor, v: Tensor, levels: tuple[float, ...], top: int) -> tuple[Tensor, Tensor]:
+    """Eager CPU certificate of a large batch: ``eigvalsh`` on the ``top`` matrices ranked by
+    their warm vectors' Rayleigh quotients, one factorization of every matrix at their level,
+    ``eigvalsh`` and a new factorization for the matrices that failed it (a few rounds; a matrix
+    still failing then contributes its Frobenius norm). Every vector takes a power step (the
+    ranking of the next call improves); the top matrices' vectors one inverse-iteration step, the
+    largest one two.
+
+    Args:
+        h: positive semi-definite matrices (batch, q, q), float64 or complex128.
+        v: warm vectors (batch, q).
+        levels: relative levels on ``sqrt(lambda)``; only the tightest is used.
+        top: how many matrices go through ``eigvalsh`` first.
+
+    Returns:
+        ``(bound, v)`` as :func:`liptriton.bounds.certified_norm.certify_top_eigenvalue`'s
+        (non-finite for a non-finite matrix).
+
+    Examples:
+        >>> a = torch.randn(40, 6, 5, dtype=torch.float64)
+        >>> h = a.mT @ a
+        >>> bound, _ = certify_ranked(h, torch.randn(40, 5, dtype=torch.float64), (1 + 1e-6,), 4)
+        >>> top = torch.linalg.eigvalsh(h).max()
+        >>> bool(top <= bound <= top * (1 + 3e-6))
+        True
+    """
+    v = F.normalize(v.to(h.dtype), dim=-1, eps=1e-300)
+    hv = apply(h, v)
+    ritz = dot(v, hv).nan_to_num(float("inf"))  # a broken matrix first: it is looked at
+    # the power step, from a vector with a share of a generic one (a top direction the warm vector
+    # lost comes back)
+    v = F.normalize(hv + 0.1 * ritz.abs().clamp_max(1e300)[:, None].to(h.dtype)
+                    * F.normalize(generic(h.shape[-1], 1.6180339887, h), dim=0), dim=-1, eps=1e-300)
+    idx = ritz.topk(min(top, h.shape[0])).indices
+    sub = h.index_select(0, idx)
+    fro = frobenius(sub)
+    if not bool(torch.isfinite(fro).all()):
+        return fro.max(), v
+    lam = torch.linalg.eigvalsh(sub)[..., -1].max().clamp_min(0)
+    scale = (levels[0] ** 2) * (1 + MARGIN)
+    mu = lam * scale + 1e-300
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    factor, info = torch.linalg.cholesky_ex(mu * eye - h)
+    for _ in range(_ROUNDS):
+        missed = (info != 0).nonzero().flatten()
+        if missed.numel() == 0:
+            break
+        sub = h.index_select(0, missed)
+        fro = frobenius(sub)
+        if not bool(torch.isfinite(fro).all()):
+            return fro.max(), v
+        lam = torch.maximum(lam, torch.linalg.eigvalsh(sub)[..., -1].max())
+        mu = lam * scale + 1e-300
+        again, again_info = torch.linalg.cholesky_ex(mu * eye - sub)
+        factor, info = factor.index_copy(0, missed, again), info.index_copy(0, missed, again_info)
+        idx = torch.cat([idx, missed])
+    ok = info == 0
+    each = torch.where(ok, mu, frobenius(h) if not bool(ok.all()) else mu)
+    # vectors: the candidates one inverse-iteration step with their proving factors, the top one two
+    fac = torch.where(ok.index_select(0, idx)[:, None, None], factor.index_select(0, idx), eye)
+    vi = _inverse_steps(h, v.index_select(0, idx), fac, 1)
+    first = dot(vi, apply(h.index_select(0, idx), vi)).argmax().reshape(1)
+    vi = vi.index_copy(0, first, _inverse_steps(h, vi.index_select(0, first), fac.index_select(0, first), 1))
+    return each.max() * (1 + MARGIN), v.index_copy(0, idx, vi)
+
+
+def _inverse_steps(h: Tensor, v: Tensor, factor: Tensor, steps: int) -> Tensor:
+    """``steps`` inverse-iteration steps ``v <- (mu I - h)^-1 v`` with the Cholesky factors of
+    ``mu I - h`` (batch of the vectors'), from ``v`` plus a share of a generic vector."""
+    v = F.normalize(v, dim=-1, eps=1e-300) + 0.1 * F.normalize(generic(h.shape[-1], 1.6180339887, h), dim=0)
+    for _ in range(steps):
+        v = F.normalize(torch.cholesky_solve(v.unsqueeze(-1), factor).squeeze(-1), dim=-1, eps=1e-300)
+    return v
