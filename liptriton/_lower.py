@@ -202,6 +202,7 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
             v, est, w = search.top(v, max(power_iters // 4, 2))
             if est > best:
                 best, best_z, best_v, origin = est, z, v, f"||J v|| after ascent step {t + 1} from sample {i}"
+        search.out = None  # free the search's graph before the exact model runs
         # the reported values, recomputed with the exact model at the point and direction found
         z64, v64 = best_z.to(dtype), _unit(best_v.detach().to(dtype))
         with torch.no_grad():
@@ -214,5 +215,4 @@ def jacobian_lower_bound(model: nn.Module, inputs: Tensor, n_samples: int = 4, p
             lower, where = secant, f"secant at sample {i}"
         if found is not None and lower in (jv, secant):
             found.update(z=z64, v=v64)
-    search.out = None  # free the graph
     return lower, where + ("" if search.ascent_ok else " (no gradient ascent: unsupported op)")
