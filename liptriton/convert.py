@@ -33,6 +33,7 @@ from liptriton._fold_batchnorm import fold_batchnorm
 from liptriton._convert_plan import (explain_blockers, record_example_shapes, replace_relu_family, signal_ratio,
                                     unconstrained_weights)
 from liptriton._origin import INSERTED, ORIGIN, record_origin
+from liptriton._residuals import depends_on_input, depth, rewrite_residuals
 from liptriton.bounds.activations import FUNCTION_CONSTANTS
 from liptriton.parametrizations import METHODS
 from liptriton.rules import convert_module, is_constrained
@@ -42,8 +43,6 @@ __all__ = ["ConversionReport", "lipschitzify"]
 _CHOICES = {"batchnorm": ("fold", "remove", "error"), "pooling": ("scaled", "l2", "keep"),
             "activations": ("scale", "groupsort", "keep"), "maxpool": ("scale", "keep"),
             "dropout": ("keep", "remove"), "residual": ("convex", "keep")}
-_ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
-_SUB = {operator.sub, operator.isub, torch.sub, "sub", "sub_"}
 
 
 @dataclass
@@ -104,90 +103,6 @@ def _check(k, method, strict, inplace, options) -> None:
     for name, value in (("strict", strict), ("inplace", inplace)):
         if not isinstance(value, bool):
             raise TypeError(f"lipschitzify: {name} must be a bool, got {type(value).__name__}")
-
-
-_METADATA = ("shape", "dtype", "device", "ndim", "layout", "is_cuda")
-
-
-def _depends(gm: fx.GraphModule) -> set[str]:
-    """Names of the nodes whose value depends on the values of the model's inputs.
-
-    Shapes are not values: ``x.size()``, ``x.shape``, ``x.dim()`` and everything computed from them
-    alone (``floordiv`` of a channel count, ``eq`` / ``_assert`` checks, the shape given to
-    ``expand`` or ``view``) are constants for a given input size.
-    """
-    depends: set[str] = set()
-    for node in gm.graph.nodes:
-        metadata = (node.op == "call_method" and node.target in ("size", "dim", "numel")) or (
-            node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA)
-        if node.op == "placeholder" or (not metadata and any(a.name in depends for a in node.all_input_nodes)):
-            depends.add(node.name)
-    return depends
-
-
-# The initial weight of a residual sum's shallower term (the skip connection: fewer constrained layers
-# from the input) in its convex combination. Any weight keeps the bound; this one keeps the signal: at
-# 0.5 the identity path of torchvision's resnet18 (8 blocks) is scaled by 2^-8 and the gradient reaching
-# the input is 2.6e-4 of k at initialization; at 0.9, 1.7e-2 (see perf/NOTES.md, "trainable by default").
-SKIP_WEIGHT = 0.9
-
-
-def _skip_weight(depth_a: int, depth_b: int) -> float:
-    """The initial weight of the first term ``a``: SKIP_WEIGHT when it is the shallower, 0.5 on a tie."""
-    if depth_a == depth_b:
-        return 0.5
-    return SKIP_WEIGHT if depth_a < depth_b else 1.0 - SKIP_WEIGHT
-
-
-def _rewrite_residuals(gm: fx.GraphModule, report: ConversionReport) -> None:
-    from liptriton.nn.containers import LipResidual
-    from liptriton.nn.inserted import ConvexSum
-
-    depends = _depends(gm)
-    layers = _layer_depths(gm)
-    count = 0
-    for node in list(gm.graph.nodes):
-        is_add = (node.op == "call_function" and node.target in _ADD) or (
-            node.op == "call_method" and node.target in ("add", "add_", "sub", "sub_"))
-        if not is_add or len(node.args) != 2:
-            continue
-        a, b = node.args
-        if not all(isinstance(t, fx.Node) and t.name in depends for t in (a, b)):
-            continue
-        if node.kwargs.get("alpha", 1) != 1:
-            report.block(node.name, "torch.add with alpha: not rewritten")
-            continue
-        sub = node.target in _SUB
-        skip = _skip_weight(layers[a.name], layers[b.name])
-        mod = ConvexSum((1.0, -1.0)) if sub else LipResidual(weight=skip)
-        name = f"lip_residual_{count}"
-        count += 1
-        gm.add_submodule(name, mod)
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (a, b))
-        new.meta[INSERTED] = "difference" if sub else "sum"
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        depends.add(new.name)
-        layers[new.name] = layers.pop(node.name)
-        weights = "" if sub else f", initial weights {skip:.2g} / {1 - skip:.2g}"
-        report.change(node.name, "difference" if sub else "sum",
-                      f"{type(mod).__name__} ({name}): convex combination{weights}")
-
-
-def _layer_depths(gm: fx.GraphModule) -> dict[str, int]:
-    """For every node, the largest number of constrained layers on a path from an input to it."""
-    depth: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        d = max((depth[a.name] for a in node.all_input_nodes), default=0)
-        if node.op == "call_module" and is_constrained(gm.get_submodule(node.target)):
-            d += 1
-        depth[node.name] = d
-    return depth
-
-
-def _depth(gm: fx.GraphModule) -> int:
-    return max(max(_layer_depths(gm).values(), default=1), 1)
 
 
 def _scale_output(gm: fx.GraphModule, factor: float) -> None:
@@ -295,13 +210,13 @@ def lipschitzify(model: nn.Module, *, k: float = 1.0, method: str = "bjorck", st
     else:
         fold_batchnorm(gm, report, batchnorm)
         if residual == "convex":
-            _rewrite_residuals(gm, report)
+            rewrite_residuals(gm, report)
         if example_input is not None:  # the real shapes: shape-dependent rules are those of certify
             record_example_shapes(gm, example_input)
         if activations == "groupsort":
-            replace_relu_family(gm, report, _depends(gm))
-        ctx["layer_k"] = report.layer_k = float(k) ** (1.0 / _depth(gm))
-        depends = _depends(gm)
+            replace_relu_family(gm, report, depends_on_input(gm))
+        ctx["layer_k"] = report.layer_k = float(k) ** (1.0 / depth(gm))
+        depends = depends_on_input(gm)
         for node in list(gm.graph.nodes):
             if node.op == "call_module" and node.target not in ctx.setdefault("done", set()):
                 ctx["done"].add(node.target)

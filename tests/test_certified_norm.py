@@ -47,8 +47,9 @@ def test_certificate_is_above_and_close_to_lambda_max(batch, q, flat, dtype, pat
 def test_shape_rule_picks_the_eigensolver_paths_on_cpu():
     def picks(batch, q, steps=8, refine=1):
         return certified_norm._path(torch.zeros(batch, q, q, dtype=torch.float64), steps, refine)
-    assert all(picks(b, q) == "direct" for b, q in [(1, 1024), (32, 256), (60, 32), (120, 32)])
-    assert all(picks(b, q) == "ranked" for b, q in [(420, 32), (180, 64), (60, 128)])
+    assert all(picks(b, q) == "direct" for b, q in [(1, 1024), (32, 256), (20, 128)])
+    assert all(picks(b, q) == "ranked" for b, q in [(60, 32), (120, 32), (420, 32), (180, 64), (60, 128)])
+    assert picks(60, 32, steps=0) == picks(120, 32, refine=3) == "direct"
     assert picks(420, 32, steps=0) == picks(420, 32, refine=3) == "lanczos"
     assert certified_norm._path(torch.zeros(420, 32, 32, dtype=torch.float64, device="meta"), 8, 1) == "lanczos"
 

@@ -1,6 +1,7 @@
 """Lipschitz parametrizations for ``torch.nn.utils.parametrize``, and the functions that register them."""
 
-from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout, initialize
+from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout
+from liptriton.parametrizations._register import initialize
 from liptriton.parametrizations.aol import AOL, aol
 from liptriton.parametrizations.bjorck import Bjorck, bjorck
 from liptriton.parametrizations.frobenius import Frobenius, frobenius

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout, register
+from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout
+from liptriton.parametrizations._register import register
 from liptriton.parametrizations._checks import check_positive
 
 __all__ = ["AOL", "aol"]

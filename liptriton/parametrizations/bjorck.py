@@ -16,8 +16,8 @@ from liptriton.parametrizations._base import (
     MatrixNormState,
     WeightLayout,
     make_conv_state,
-    register,
 )
+from liptriton.parametrizations._register import register
 from liptriton.parametrizations._checks import check_bound, check_iters, check_positive
 
 __all__ = ["Bjorck", "bjorck", "polar_factor"]

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from liptriton.bounds.conv_reads import max_reads
 from liptriton.ops.frobenius import frobenius_normalize
-from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout, register
+from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout
+from liptriton.parametrizations._register import register
 from liptriton.parametrizations._checks import check_positive
 
 __all__ = ["Frobenius", "frobenius", "conv_overlap"]

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from liptriton.ops.householder import householder_product
-from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout, make_conv_state, register
+from liptriton.parametrizations._base import LipschitzParametrization, WeightLayout, make_conv_state
+from liptriton.parametrizations._register import register
 from liptriton.parametrizations._checks import check_bound, check_iters, check_positive
 
 __all__ = ["Householder", "householder"]

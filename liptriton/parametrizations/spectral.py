@@ -9,8 +9,8 @@ from liptriton.parametrizations._base import (
     WeightLayout,
     make_conv_state,
     make_matrix_state,
-    register,
 )
+from liptriton.parametrizations._register import register
 from liptriton.parametrizations._checks import check_bound, check_iters, check_positive, renamed
 
 __all__ = ["Spectral", "spectral"]
