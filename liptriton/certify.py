@@ -158,7 +158,9 @@ def certify(model: nn.Module, example_input: Tensor, labels: Tensor | None = Non
         example_input: a batch of inputs at the real size (sizes matter for convolutions).
         labels: optional labels of the batch, for signed certified radii.
         n_samples: starting points of the lower-bound search (first samples of the batch).
-        power_iters: power steps per point for the lower bound.
+        power_iters: power steps per point for the lower bound (the Jacobian's exact top
+            singular pair instead wherever that is cheaper: an output of at most 4 entries per
+            power step, one pullback each; at least as high as the power steps).
         ascent_steps: gradient-ascent steps per point for the lower bound.
         progress: show a stderr progress bar (None: when stderr is a terminal).
 

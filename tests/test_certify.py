@@ -54,6 +54,19 @@ def test_conv_bound_guaranteed(name):
         assert fourier.exact and fourier.bound == pytest.approx(exact, rel=1e-9)
 
 
+@pytest.mark.parametrize("name", list(CONVS))
+def test_conv_operator_matrix_is_the_layer_jacobian(name):
+    """The dense matrix (weights placed where they act; unit inputs for transposed layers) equals
+    the layer's own Jacobian (autograd through torch's convolution, bias removed) entry for entry."""
+    layer = CONVS[name]().double()
+    spec = ConvSpec.from_module(layer)
+    size = (6, 5)[: spec.ndim] if spec.ndim < 3 else (3, 4, 3)
+    x = torch.zeros(1, layer.in_channels, *size, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda z: layer(z) - layer(torch.zeros_like(z)), x)
+    a = conv_operator_matrix(spec, layer.weight, size)
+    assert torch.equal(a, jac.reshape(-1, x.numel()))
+
+
 def test_conv_bound_fourier_exact_circular_even_size_and_tightens_with_size():
     layer = nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="circular")
     spec = ConvSpec.from_module(layer)

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from liptriton.bounds.conv_operator import ConvSpec, _pad_index, conv_apply
+from liptriton.bounds.conv_operator import _CONV as _CONV_ND
+from liptriton.bounds.conv_operator import ConvSpec, _pad, _pad_index, conv_apply
 
 __all__ = ["ConvBound", "WARM_START", "conv_norm_bound", "conv_operator_matrix"]
 
@@ -65,6 +66,10 @@ class ConvBound(NamedTuple):
 def conv_operator_matrix(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...]) -> Tensor:
     """Return the dense matrix (out_dim, in_dim) of the operator at ``input_size``, in float64.
 
+    A convolution's matrix is built by placing every weight where it acts (the input index each
+    kernel tap reads at each output position, padding modes included: the same gather the layer
+    applies); a transposed convolution's by the operator applied to unit inputs.
+
     Args:
         spec: the operator geometry.
         weight: the layer's weight.
@@ -79,7 +84,9 @@ def conv_operator_matrix(spec: ConvSpec, weight: Tensor, input_size: tuple[int, 
         torch.Size([2, 3])
     """
     w = weight.detach().double()
-    c_in = w.shape[1] * spec.groups if not spec.transposed else w.shape[0]
+    if not spec.transposed:
+        return _placed_matrix(spec, w, tuple(input_size))
+    c_in = w.shape[0]
     in_dim = c_in * math.prod(input_size)
     chunk = max(1, min(512, 2**22 // in_dim))  # unit inputs per conv call (at most 32 MiB of them)
     cols = []
@@ -90,6 +97,32 @@ def conv_operator_matrix(spec: ConvSpec, weight: Tensor, input_size: tuple[int, 
             e[torch.arange(len(idx)), idx] = 1.0
             cols.append(conv_apply(spec, w, e.reshape(len(idx), c_in, *input_size)).flatten(1))
     return torch.cat(cols).T
+
+
+def _placed_matrix(spec: ConvSpec, w: Tensor, input_size: tuple[int, ...]) -> Tensor:
+    """The matrix of a (non-transposed) convolution: entry ((o, l), (i, p)) is the sum of the
+    weights ``w[o, i, t]`` over the taps ``t`` that read input position ``p`` at output position
+    ``l`` (one tap in zero padding; reflect-like paddings can map two taps to one position)."""
+    groups, (c_out, cin_g), taps = spec.groups, w.shape[:2], math.prod(w.shape[2:])
+    n_in = math.prod(input_size)
+    with torch.no_grad():
+        # the input index + 1 each tap reads at each output position (0: a zero-padded position),
+        # by the layer's own padding and a convolution with one-hot kernels (exact in float64)
+        index = torch.arange(1, n_in + 1, dtype=torch.float64, device=w.device).reshape(1, 1, *input_size)
+        onehot = torch.eye(taps, dtype=torch.float64, device=w.device).reshape(taps, 1, *w.shape[2:])
+        read = _CONV_ND[spec.ndim](_pad(spec, index), onehot, stride=spec.stride, dilation=spec.dilation)
+        read = read.reshape(taps, -1).round().long()  # (taps, output positions)
+        n_out = read.shape[1]
+        rows = torch.arange(n_out, device=w.device)
+        blocks = []
+        for g in range(groups):
+            wg = w[g * (c_out // groups):(g + 1) * (c_out // groups)].reshape(c_out // groups, cin_g, taps)
+            a = torch.zeros(c_out // groups, n_out, cin_g, n_in + 1, dtype=torch.float64, device=w.device)
+            view = a.permute(1, 3, 0, 2)  # (output position, input index + 1, out channel, in channel)
+            for t in range(taps):  # distinct output positions: no index repeats within one tap
+                view[rows, read[t]] += wg[:, :, t]
+            blocks.append(a[..., 1:].reshape(c_out // groups * n_out, cin_g * n_in))
+    return blocks[0] if groups == 1 else torch.block_diag(*blocks)
 
 
 def _dense_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...]) -> float:
