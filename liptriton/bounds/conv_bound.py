@@ -203,13 +203,17 @@ def _blocks_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
     ``bound="certified"`` layer, so a layer constrained to k certifies at k. ``warm``: that
     layer's state vectors (real, (blocks, side)): when every block passes the tightest level at
     their Rayleigh quotients, one factorization is the whole certificate (else from scratch)."""
-    from liptriton.bounds.certified_norm import LEVELS, certify_top_eigenvalue
+    from liptriton.bounds.certified_norm import LEVELS, _path, certify_top_eigenvalue
     from liptriton.bounds.conv_fourier import fourier_gram, fourier_plan
 
     w = weight.detach().double()
     plan = fourier_plan(spec, tuple(w.shape), input_size, w.device)
     with torch.no_grad():
         h = fourier_gram(plan, w)
+        if _path(h, 0, 0) == "direct":  # every block's eigenvalues: tight from any vector, no warm check
+            bound, _ = certify_top_eigenvalue(h, torch.ones(h.shape[:-1], dtype=h.dtype, device=h.device), 0,
+                                              LEVELS[:1], refine=0)
+            return math.sqrt(float(bound)) * plan.gather, plan.exact
         if warm is not None and tuple(warm.shape) == (h.shape[0], h.shape[-1] * (2 if h.is_complex() else 1)):
             v = warm.to(h.device, torch.float64)
             v = torch.complex(*v.chunk(2, -1)) if h.is_complex() else v  # [x; y] -> x + i y
