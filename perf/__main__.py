@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--run-id", help="join an existing run id (cases run by several invocations)")
     r.add_argument("--size", action="append", help="run only this size, a Python literal (repeatable)")
     r.add_argument("--provider", action="append", help="run only this provider (repeatable)")
+    r.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's); on a shared CPU "
+                   "one thread per process avoids measuring OpenMP threads waiting for descheduled cores")
     r.add_argument(
         "--interpret",
         action="store_true",
@@ -47,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         import liptriton
 
         sizes = [ast.literal_eval(s) for s in args.size] if args.size else None
+        if args.threads is not None:
+            if args.threads < 1:
+                parser.error(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)  # recorded in each row's device_name ("x1 threads")
         with liptriton.config.interpret(True) if args.interpret else contextlib.nullcontext():
             run(args.suite, args.device, args.case, out, args.reps, run_id=args.run_id, providers=args.provider,
                 sizes=sizes)

@@ -108,3 +108,23 @@ def test_cli_compare_without_history(tmp_path, capsys):
 
     assert main(["compare", "--history", str(tmp_path / "none.jsonl")]) == 0
     assert "no runs" in capsys.readouterr().out
+
+
+def test_cli_run_threads_is_applied_and_recorded(tmp_path):
+    """`perf run --threads 1`: the rows say "x1 threads" (what a shared CPU should be timed with);
+    the thread count is restored after the test."""
+    import torch
+
+    from perf.__main__ import main
+
+    before = torch.get_num_threads()
+    out = tmp_path / "cpu.jsonl"
+    try:
+        assert main(["run", "--suite", "tiny", "--case", "copy", "--out", str(out), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # the CPU's name carries the thread count where /proc/cpuinfo names the model (Linux x86, CI)
+    assert rows and all(r["device_name"].endswith("x1 threads") or "threads" not in r["device_name"] for r in rows)
+    with pytest.raises(SystemExit):
+        main(["run", "--suite", "tiny", "--case", "copy", "--out", "-", "--threads", "0"])
