@@ -19,13 +19,15 @@ hundreds of small operations and its retest factorizations, and tight at every s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from liptriton.bounds._gram_ops import MARGIN, apply, dot, frobenius, generic
 
-__all__ = ["certify_direct", "certify_ranked"]
+__all__ = ["certify_direct", "certify_ranked", "prove_level"]
 
 _ROUNDS = 4  # rounds for matrices the ranking missed before the Frobenius fallback
 
@@ -106,31 +108,68 @@ def certify_ranked(h: Tensor, v: Tensor, levels: tuple[float, ...], top: int) ->
     if not bool(torch.isfinite(fro).all()):
         return fro.max(), v
     lam = torch.linalg.eigvalsh(sub)[..., -1].max().clamp_min(0)
-    scale = (levels[0] ** 2) * (1 + MARGIN)
-    mu = lam * scale + 1e-300
-    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
-    factor, info = torch.linalg.cholesky_ex(mu * eye - h)
-    for _ in range(_ROUNDS):
-        missed = (info != 0).nonzero().flatten()
-        if missed.numel() == 0:
-            break
+
+    def exact(missed: Tensor) -> Tensor:  # the failed matrices' top eigenvalue (non-finite: NaN)
         sub = h.index_select(0, missed)
-        fro = frobenius(sub)
-        if not bool(torch.isfinite(fro).all()):
-            return fro.max(), v
-        lam = torch.maximum(lam, torch.linalg.eigvalsh(sub)[..., -1].max())
-        mu = lam * scale + 1e-300
-        again, again_info = torch.linalg.cholesky_ex(mu * eye - sub)
-        factor, info = factor.index_copy(0, missed, again), info.index_copy(0, missed, again_info)
-        idx = torch.cat([idx, missed])
+        finite = torch.isfinite(frobenius(sub))
+        top = torch.linalg.eigvalsh(torch.where(finite[:, None, None], sub, 0))[..., -1].max()
+        return torch.where(finite.all(), top, torch.nan)
+
+    mu, factor, info, missed = prove_level(h, lam, levels[0], exact)
+    idx = torch.cat([idx, missed])
     ok = info == 0
-    each = torch.where(ok, mu, frobenius(h) if not bool(ok.all()) else mu)
+    each = torch.where(ok, mu, frobenius(h) if not bool(ok.all()) else mu)  # a NaN matrix: a NaN bound
     # vectors: the candidates one inverse-iteration step with their proving factors, the top one two
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
     fac = torch.where(ok.index_select(0, idx)[:, None, None], factor.index_select(0, idx), eye)
     vi = _inverse_steps(h, v.index_select(0, idx), fac, 1)
     first = dot(vi, apply(h.index_select(0, idx), vi)).argmax().reshape(1)
     vi = vi.index_copy(0, first, _inverse_steps(h, vi.index_select(0, first), fac.index_select(0, first), 1))
     return each.max() * (1 + MARGIN), v.index_copy(0, idx, vi)
+
+
+def prove_level(h: Tensor, lam: Tensor, level: float, refine: Callable[[Tensor], Tensor],
+                rounds: int = _ROUNDS) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Factor ``mu I - h_i`` for every matrix at ``mu = level^2 lam`` (plus the rounding margin);
+    the matrices that fail (their top eigenvalue is above ``mu``: ranked too low) get a new
+    estimate from ``refine(indices)``, ``mu`` is raised to it and only they are factored again (a
+    matrix that passed a lower level passes a higher one), for at most ``rounds`` rounds (one host
+    synchronization each).
+
+    Args:
+        h: positive semi-definite matrices (batch, q, q).
+        lam: the estimate of their largest eigenvalue (0-d, from below).
+        level: the relative level on ``sqrt(lambda)``.
+        refine: indices of failed matrices -> an estimate of their largest eigenvalue (0-d; NaN
+            for a non-finite matrix, which then fails every round).
+        rounds: rounds of refining the failed matrices.
+
+    Returns:
+        ``(mu, factor, info, refined)``: the final level, the factors (valid where ``info == 0``),
+        LAPACK's info per matrix (nonzero: not proven at ``mu``), and the indices refined.
+
+    Examples:
+        >>> h = torch.diag_embed(torch.tensor([[1.0, 2.0], [3.0, 0.5]], dtype=torch.float64))
+        >>> mu, _, info, refined = prove_level(h, torch.tensor(2.0, dtype=torch.float64), 1.0,
+        ...                                    lambda i: torch.tensor(3.0, dtype=torch.float64))
+        >>> round(float(mu), 6), info.tolist(), refined.tolist()
+        (3.0, [0, 0], [1])
+    """
+    scale = level**2 * (1 + MARGIN)
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    mu = lam * scale + 1e-300
+    factor, info = torch.linalg.cholesky_ex(mu * eye - h)
+    refined = [torch.zeros(0, dtype=torch.long, device=h.device)]
+    for _ in range(rounds):
+        missed = (info != 0).nonzero().flatten()
+        if missed.numel() == 0:
+            break
+        lam = torch.maximum(lam, refine(missed))
+        mu = lam * scale + 1e-300
+        again, again_info = torch.linalg.cholesky_ex(mu * eye - h.index_select(0, missed))
+        factor, info = factor.index_copy(0, missed, again), info.index_copy(0, missed, again_info)
+        refined.append(missed)
+    return mu, factor, info, torch.cat(refined)
 
 
 def _inverse_steps(h: Tensor, v: Tensor, factor: Tensor, steps: int) -> Tensor:

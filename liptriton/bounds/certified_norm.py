@@ -37,7 +37,7 @@ from liptriton.bounds._gram_ops import apply as _apply
 from liptriton.bounds._gram_ops import dot as _dot
 from liptriton.bounds._gram_ops import frobenius as _frobenius
 from liptriton.bounds._gram_ops import generic as _generic
-from liptriton.bounds.certified_direct import certify_direct, certify_ranked
+from liptriton.bounds.certified_direct import certify_direct, certify_ranked, prove_level
 
 __all__ = ["LEVELS", "certify_top_eigenvalue", "lanczos_top"]
 
@@ -267,25 +267,16 @@ def _converge_top(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...], t
     else:
         v = lanczos_top(h, v, steps)
     lam = _dot(v, _apply(h, v)).clamp_min(0).max()
-    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
-    scale = (levels[0] ** 2) * (1 + _MARGIN)
-    mu = lam * scale + 1e-300
-    factor, info = torch.linalg.cholesky_ex(mu * eye - h)
-    for _ in range(_MISSED_ROUNDS):
-        missed = (info != 0).nonzero().flatten()
-        if missed.numel() == 0:
-            break
-        # factor(mu' I - H) exists for mu' >= mu where it existed at mu: only the missed matrices
-        # are converged and tested again, at the raised level
+
+    def refine(missed: Tensor) -> Tensor:  # the missed matrices converged by Lanczos
+        nonlocal v
         vs = lanczos_top(h[missed], v[missed], max(steps, _RANK_STEPS))
         v = v.index_copy(0, missed, vs)
-        lam = torch.maximum(lam, _dot(vs, _apply(h[missed], vs)).clamp_min(0).max())
-        mu = lam * scale + 1e-300
-        sub, sub_info = torch.linalg.cholesky_ex(mu * eye - h[missed])
-        factor, info = factor.index_copy(0, missed, sub), info.index_copy(0, missed, sub_info)
-    else:
-        if bool((info != 0).any()):  # no proof at this level: nothing certified here
-            return torch.full_like(mu, float("inf")), v, False
+        return _dot(vs, _apply(h[missed], vs)).clamp_min(0).max()
+
+    mu, factor, info, _ = prove_level(h, lam, levels[0], refine, _MISSED_ROUNDS)
+    if bool((info != 0).any()):  # no proof at this level: nothing certified here
+        return torch.full_like(mu, float("inf")), v, False
     # one inverse-iteration step with the proving factors of the top matrices: the next call's
     # warm start (the others' vectors come from the ranking; a solve costs several matrix passes)
     idx = _dot(v, _apply(h, v)).topk(min(top, h.shape[0])).indices

@@ -203,6 +203,7 @@ def _blocks_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
     ``bound="certified"`` layer, so a layer constrained to k certifies at k. ``warm``: that
     layer's state vectors (real, (blocks, side)): when every block passes the tightest level at
     their Rayleigh quotients, one factorization is the whole certificate (else from scratch)."""
+    from liptriton.bounds._gram_ops import apply, dot
     from liptriton.bounds.certified_norm import LEVELS, _path, certify_top_eigenvalue
     from liptriton.bounds.conv_fourier import fourier_gram, fourier_plan
 
@@ -217,8 +218,7 @@ def _blocks_bound(spec: ConvSpec, weight: Tensor, input_size: tuple[int, ...],
         if warm is not None and tuple(warm.shape) == (h.shape[0], h.shape[-1] * (2 if h.is_complex() else 1)):
             v = warm.to(h.device, torch.float64)
             v = torch.complex(*v.chunk(2, -1)) if h.is_complex() else v  # [x; y] -> x + i y
-            hv = (h @ v.unsqueeze(-1)).squeeze(-1)
-            lam = float(((v.conj() * hv).sum(-1).real / v.norm(dim=-1) ** 2).max())
+            lam = float((dot(v, apply(h, v)) / dot(v, v)).max())
             bound, _ = certify_top_eigenvalue(h, v, 0, LEVELS[:1], refine=0)
             if float(bound) <= max(lam, 0.0) * LEVELS[0] ** 2 * (1 + 1e-8) + 1e-300:
                 return math.sqrt(float(bound)) * plan.gather, plan.exact
