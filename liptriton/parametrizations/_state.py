@@ -191,6 +191,30 @@ class MatrixNormState(nn.Module):
         # clone: the next in-place update must not touch what this graph saved for backward
         return spectral_sigma(wb, self.u.to(wb.dtype).clone(), self.v.to(wb.dtype).clone())
 
+    def store_top(self, wb: Tensor, top: Tensor) -> None:
+        """Make an exact top singular vector the state (what eval and a checkpoint then use).
+
+        Args:
+            wb: the matrices (B, m, n).
+            top: their unit top singular vectors on the smaller side (B, min(m, n)): left for a
+                wide matrix, right for a tall one (as :func:`~liptriton.ops.bjorck_eigh.bjorck_eigh`
+                returns them).
+
+        Examples:
+            >>> state = MatrixNormState((1, 2, 3), None, 20)
+            >>> state.store_top(torch.eye(2, 3)[None], torch.tensor([[1.0, 0.0]]))
+            >>> state.v.tolist()
+            [[1.0, 0.0, 0.0]]
+        """
+        with torch.no_grad():
+            x = wb.detach().to(self.u.dtype)
+            t = top.to(x.dtype)
+            wide = x.shape[-2] <= x.shape[-1]
+            other = F.normalize(torch.bmm(x.mT if wide else x, t.unsqueeze(-1)).squeeze(-1), dim=-1, eps=1e-12)
+            self.u.copy_(t if wide else other)
+            self.v.copy_(other if wide else t)
+            self.fresh = False
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if prefix + "u" in state_dict:

@@ -9,16 +9,17 @@ from torch import Tensor, nn
 from liptriton.bounds.gram_bound import gram_spectral_bound
 from liptriton.ops.bjorck import bjorck as bjorck_op
 from liptriton.ops.bjorck import bjorck_coefficients
+from liptriton.ops.bjorck_eigh import bjorck_eigh, eigh_pays
 from liptriton.ops.bjorck_gram import bjorck_gram, gram_pays
-from liptriton.parametrizations._certified import vector_norm_certified
 from liptriton.parametrizations._base import (
     LipschitzParametrization,
     MatrixNormState,
     WeightLayout,
     make_conv_state,
 )
-from liptriton.parametrizations._register import register
+from liptriton.parametrizations._certified import vector_norm_certified
 from liptriton.parametrizations._checks import check_bound, check_iters, check_positive
+from liptriton.parametrizations._register import register
 
 __all__ = ["Bjorck", "bjorck", "polar_factor"]
 
@@ -167,13 +168,19 @@ class Bjorck(LipschitzParametrization):
 
     def _iterate(self, wb: Tensor) -> Tensor:
         """Björck steps on the matrices ``wb`` (B, m, n), pre-normalized so that they converge."""
+        steps = self.n_iters_train if self.training else self.n_iters + self.eval_extra
+        if self.training and eigh_pays(wb.shape, wb.device):
+            # eager CPU training: the same steps from the exact sigma_max through one float64
+            # eigendecomposition (no power iteration to lag, no guard); the pair kept for eval
+            q, top = bjorck_eigh(wb, steps, self.order, self.beta)
+            self.state.store_top(wb, top)
+            return q
         sigma = self.state.norm(wb, update=self.training)
         # Guard against an estimate far below sigma_max (one large optimizer step on a nearly
         # orthogonal weight can make a new direction the top one): with a guaranteed bound B,
         # order 1 is safe for s <= 2 (|1.5 s - 0.5 s^3| <= 1), higher orders for s <= 1.
         guard = gram_spectral_bound(wb, 3) / (2.0 if self.order == 1 else 1.0)
         sigma = torch.maximum(sigma, guard.to(sigma.dtype))
-        steps = self.n_iters_train if self.training else self.n_iters + self.eval_extra
         # a rectangular weight iterates in Gram space (m x m products; same polynomial, same bound)
         iterate = bjorck_gram if gram_pays(wb.shape) else bjorck_op
         return iterate(wb / sigma[:, None, None], steps, self.order, self.beta)

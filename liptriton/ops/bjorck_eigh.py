@@ -1,0 +1,164 @@
+"""Björck orthonormalization through one eigendecomposition: the CPU training path.
+
+Every Björck step ``X <- q(X X^T) X`` acts on each singular value alone (``s <- s q(s^2)``),
+so ``n`` steps from ``Y = X / sigma_max(X)`` give ``Y_n = h(Y Y^T) Y`` with the scalar function
+``h(y) = prod_k q(y_k)``, ``y_0 = y``, ``y_{k+1} = y_k q(y_k)^2``. With the eigendecomposition
+``X X^T = U diag(lambda) U^T`` (float64, on the smaller side) the result is
+``U diag(h(lambda / lambda_1) / sqrt(lambda_1)) U^T X``: the same polynomial, hence the same
+bound (every singular value ``f^n(s) <= 1``), from one Gram product, one ``eigh`` and one
+application, the floor of an exact Björck weight (perf/NOTES.md, "Count first"). The division by
+``sigma_max`` is part of the op: ``lambda_1`` is exact, so no warm power iteration and no
+guaranteed bound beside it.
+
+The backward is the Fréchet derivative of the matrix function: ``U (K o (U^T S U)) U^T`` with
+``K_ij`` the divided differences of ``h`` at ``(lambda_i, lambda_j)``, computed by the chain
+and product rules through the steps (no ``1 / (lambda_i - lambda_j)``: exact for equal and
+near-equal eigenvalues, which an orthogonal weight has), plus the term of ``lambda_1``.
+
+The products run in float64: ``h`` reaches ``q(0)^n`` (130 for 12 order-1 steps) on the directions
+of small singular values, and a float32 application would let rounding leak into them (the
+gradient's products run in the weight's precision). Eager CPU only (``eigh`` synchronizes on
+CUDA; the compiled and CUDA paths keep the Gram-space steps): :func:`eigh_pays` decides; no
+Triton kernel. Measured (one thread, 12 order-1 steps, forward + backward, against the power
+iteration + guard + Gram-space or direct steps it replaces): 16 x 9 2.2 -> 0.8 ms, 32 x 288 2.5
+-> 1.2, 64 x 2048 8.6 -> 3.9, 128 x 1152 16.5 -> 11.0, 256 x 1568 78 -> 40-52, 512 x 4608 720-830
+-> 260-310; square 64 x 64 3.5 -> 2.0, 128 x 128 equal, 256 x 256 51 -> 37-49.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from liptriton.ops.bjorck import _check, bjorck_coefficients
+
+__all__ = ["bjorck_eigh", "eigh_pays"]
+
+# Smaller side up to which a CPU training forward takes this path (see eigh_pays): it wins at every
+# size measured (up to 512 x 4608); the backward holds n_iters S x S float64 matrices at once.
+EIGH_SIDE = 512
+
+
+def eigh_pays(shape: tuple[int, ...], device: torch.device) -> bool:
+    """True when :func:`bjorck_eigh` is the cheaper training path for matrices of ``shape``
+    (..., m, n) on ``device``: eager, on a CPU, smaller side from 2 to 512.
+
+    Examples:
+        >>> eigh_pays((64, 2048), torch.device("cpu")), eigh_pays((512, 4608), torch.device("cpu"))
+        (True, False)
+    """
+    small = min(shape[-2:])
+    return device.type == "cpu" and 2 <= small <= EIGH_SIDE and not torch.compiler.is_compiling()
+
+
+def _poly(coeffs: tuple[float, ...], y: Tensor) -> Tensor:
+    out = torch.full_like(y, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        out = out * y + c
+    return out
+
+
+def _trajectory(y: Tensor, steps: int, coeffs: tuple[float, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """The scalar iteration on a batch of values ``y`` in [0, 1]: ``(y_k, q(y_k), h_k)`` for
+    k = 0 .. steps - 1, stacked on a new first dimension, and ``h = h_steps`` is
+    ``hs[-1] * qs[-1]``."""
+    ys, qs, hs = [], [], []
+    h = torch.ones_like(y)
+    for _ in range(steps):
+        q = _poly(coeffs, y)
+        ys.append(y)
+        qs.append(q)
+        hs.append(h)
+        h = h * q
+        y = y * q.square()
+    return torch.stack(ys), torch.stack(qs), torch.stack(hs)
+
+
+def _divided_differences(ys: Tensor, qs: Tensor, hs: Tensor, coeffs: tuple[float, ...]) -> Tensor:
+    """``[h](y_i, y_j)`` for all pairs (batch, S, S) from the trajectory; the diagonal is
+    ``h'(y_i)``. No ``1 / (y_i - y_j)``: by the chain and product rules through the steps,
+
+    ``[y_{k+1}] = T_k [y_k]`` with ``T_k = [psi](y_k(a), y_k(b))``, ``psi(y) = y q(y)^2``, so
+    ``[psi](a, b) = q(b)^2 + a (q(a) + q(b)) [q](a, b)``; and ``[h_{k+1}] = [h_k] q(y_k(b)) +
+    h_k(a) [q]_k [y_k]``, so ``[h_n] = sum_k h_k(a) [q]_k [y_k] prod_{j > k} q(y_j(b))``.
+    ``[q]`` by Horner (``[c + y r](a, b) = r(b) + a [r](a, b)``); every step at once (stacked).
+    """
+    a, qa, qb = ys[..., :, None], qs[..., :, None], qs[..., None, :]
+    if len(coeffs) == 2:  # order 1: [q] is the constant c_1
+        dq: Tensor | float = coeffs[1]
+        t = torch.addcmul(qb.square(), a, qa + qb, value=coeffs[1])
+    else:
+        dq, tail = torch.zeros_like(a * qb), torch.full_like(ys, coeffs[-1])
+        for c in reversed(coeffs[:-1]):
+            dq = torch.addcmul(tail[..., None, :], a, dq)
+            tail = tail * ys + c
+        t = torch.addcmul(qb.square(), a * (qa + qb), dq)
+    dy = torch.cumprod(torch.cat([torch.ones_like(t[:1]), t[:-1]]), 0)  # [y_k], k = 0 .. n - 1
+    later = torch.cat([torch.ones_like(qs[:1]), qs.flip(0)[:-1]]).cumprod(0).flip(0)  # prod_{j > k} q_j
+    return ((hs[..., :, None] * later[..., None, :]) * dq * dy).sum(0)
+
+
+class _BjorckEigh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, steps: int, coeffs: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+        xd = x.double()
+        lam, u = torch.linalg.eigh((xd @ xd.mT).nan_to_num(0.0, 0.0, 0.0))
+        lam1 = lam[..., -1:].clamp_min(torch.finfo(torch.float64).tiny)
+        ys, qs, hs = _trajectory(lam.clamp_min(0) / lam1, steps, coeffs)
+        f = hs[-1] * qs[-1] / lam1.sqrt()
+        big_f = (u * f[..., None, :]) @ u.mT
+        ctx.save_for_backward(x, u, lam1, big_f, ys, qs, hs)
+        ctx.coeffs = coeffs
+        ctx.mark_non_differentiable(u)
+        return (big_f @ xd).to(x.dtype), u[..., -1]
+
+    @staticmethod
+    def backward(ctx, dq: Tensor, _du: Tensor) -> tuple[Tensor, None, None]:
+        x, u, lam1, big_f, ys, qs, hs = ctx.saved_tensors
+        # the gradient's products in the weight's precision (float32: a relative 1e-6 is far below
+        # what the optimizer needs); the S x S algebra in float64
+        m = (dq @ x.mT).double()
+        mt = u.mT @ (m + m.mT) @ u
+        dh = _divided_differences(ys, qs, hs, ctx.coeffs)
+        scale = lam1[..., None] ** -1.5
+        inner = mt * dh * scale
+        # the term of lambda_1: d f_i / d lambda_1 = -lambda_1^(-3/2) (h'(y_i) y_i + h(y_i) / 2)
+        h = hs[-1] * qs[-1]
+        c = -(mt.diagonal(dim1=-2, dim2=-1) * (dh.diagonal(dim1=-2, dim2=-1) * ys[0] + 0.5 * h)).sum(-1)
+        inner[..., -1, -1] += c * scale[..., 0, 0]
+        dx = big_f.to(x.dtype) @ dq + (u @ inner @ u.mT).to(x.dtype) @ x
+        return dx, None, None
+
+
+def bjorck_eigh(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5) -> tuple[Tensor, Tensor]:
+    """``n_iters`` Björck steps from ``w / sigma_max(w)``, through one float64 eigendecomposition.
+
+    The same polynomial as :func:`~liptriton.ops.bjorck` on ``w / ||w||_2`` (float64 reference:
+    relative 1e-12), differentiable in ``w`` including the division by its spectral norm.
+
+    Args:
+        w: matrices (..., m, n), any scale (the op divides by the exact ``sigma_max``).
+        n_iters: Björck steps (>= 1).
+        order: polynomial order, 1 to 4.
+        beta: the order-1 step size, in (0, 0.5].
+
+    Returns:
+        ``(q, top)``: the iterate (shape and dtype of ``w``) and the unit top singular vector of
+        ``w`` on its smaller side (left for a wide ``w``, right for a tall one; float64, no
+        gradient), for a power-iteration state.
+
+    Examples:
+        >>> from liptriton.ops import bjorck_reference
+        >>> w = torch.randn(6, 20, dtype=torch.float64)
+        >>> q, _ = bjorck_eigh(w, 10)
+        >>> torch.allclose(q, bjorck_reference(w / torch.linalg.matrix_norm(w, 2), 10))
+        True
+    """
+    _check(w, n_iters)
+    coeffs = bjorck_coefficients(order, beta)
+    wide = w.shape[-2] <= w.shape[-1]
+    x = w if wide else w.mT
+    shape = x.shape
+    q, top = _BjorckEigh.apply(x.reshape(-1, *shape[-2:]), n_iters, coeffs)
+    q = q.reshape(shape)
+    return (q if wide else q.mT), top.reshape(*shape[:-2], shape[-2])
