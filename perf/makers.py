@@ -82,12 +82,20 @@ BJORCK_ITERS = 15  # Björck steps of the op cases (the flop count of the GPU su
 def make_bjorck(provider: str, n: int | tuple[int, int], device: str) -> Callable[[], object]:
     """Björck forward + backward of an n x n weight, or of an (m, n) one when ``n`` is a tuple.
 
-    liptriton: what the library runs for such a weight (Gram space where :func:`ops.gram_pays`);
-    torch-ref: the direct iteration :func:`ops.bjorck_reference`."""
+    liptriton: what a training forward of the library runs for such a weight (eagerly on a CPU, the
+    steps through one eigendecomposition, :func:`~liptriton.ops.bjorck_eigh.bjorck_eigh`, with its
+    division by the spectral norm; elsewhere Gram space where :func:`ops.gram_pays`); torch-ref:
+    the direct iteration :func:`ops.bjorck_reference` (the op before Gram space)."""
     torch.manual_seed(0)
     m, k = n if isinstance(n, tuple) else (n, None)
     op = ops.bjorck_gram if ops.gram_pays((m, k or m)) else ops.bjorck
-    fn = _op_fn(provider, lambda w: op(w, BJORCK_ITERS), lambda w: ops.bjorck_reference(w, BJORCK_ITERS))
+
+    def lip(w: Tensor) -> Tensor:
+        if ops.eigh_pays(w.shape, w.device):  # False under torch.compile
+            return ops.bjorck_eigh(w, BJORCK_ITERS)[0]
+        return op(w, BJORCK_ITERS)
+
+    fn = _op_fn(provider, lip, lambda w: ops.bjorck_reference(w, BJORCK_ITERS))
     return _fwd_bwd(fn, _unit_spectral(m, k, device))
 
 

@@ -12,6 +12,7 @@ import liptriton
 import liptriton.bounds.certified_norm as certified_norm
 from liptriton.bounds.certified_divisor import certified_sigma
 from liptriton.bounds.certified_norm import certify_top_eigenvalue, lanczos_top
+from liptriton.bounds import conv_fourier
 from liptriton.bounds.conv_fourier import fourier_blocks, fourier_gram, fourier_plan
 from liptriton.bounds.conv_operator import ConvSpec
 from tests._measure import exact_conv_norm
@@ -93,8 +94,11 @@ GEOMETRIES = [
 ]
 
 
+@pytest.mark.parametrize("one_gemm", [True, False], ids=["one-gemm", "half-pairs"])
 @pytest.mark.parametrize("make", GEOMETRIES, ids=range(len(GEOMETRIES)))
-def test_frequency_bound_is_above_the_exact_operator_norm(make):
+def test_frequency_bound_is_above_the_exact_operator_norm(make, one_gemm, monkeypatch):
+    # both ways to the tap pairs' Gram: one GEMM (small convolutions) and the pairs t <= u (large)
+    monkeypatch.setattr(conv_fourier, "_ONE_GEMM_WORK", 2**60 if one_gemm else 0)
     torch.manual_seed(0)
     conv = make()
     nd = conv.weight.dim() - 2

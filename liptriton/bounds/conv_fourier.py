@@ -244,9 +244,15 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
     return torch.complex(hr.flatten(0, 1), hi.flatten(0, 1))
 
 
+# Work ((taps * side)^2 * n) up to which the tap pairs' Gram is one GEMM: network (c)'s 32 -> 32
+# conv at 8 x 8 (9 taps, side 32) in 27 ops instead of 98 (its certificate 7.1 -> x ms).
+_ONE_GEMM_WORK = 2**24
+
+
 def _lag_grams(a: Tensor, pairs: Tensor) -> Tensor:
     """``sum`` over the tap pairs of each class of ``a_t a_u^T``, from the pairs ``t <= u`` only
-    (``a_u a_t^T`` is the transpose): half the flops of the Gram of every pair.
+    (``a_u a_t^T`` is the transpose): half the flops of the Gram of every pair. A small one takes
+    the Gram of every pair in one GEMM instead (fewer ops).
 
     Args:
         a: (G, T, side, n) per-tap matrices.
@@ -255,7 +261,11 @@ def _lag_grams(a: Tensor, pairs: Tensor) -> Tensor:
     Returns:
         (G, C, side * side).
     """
-    g, taps, side, _ = a.shape
+    g, taps, side, n = a.shape
+    if (taps * side) ** 2 * n <= _ONE_GEMM_WORK:  # small: every pair in one GEMM (fewer ops, not flops)
+        full = torch.bmm(a.reshape(g, taps * side, n), a.reshape(g, taps * side, n).mT)
+        full = full.reshape(g, taps, side, taps, side).permute(0, 1, 3, 2, 4).reshape(g, taps * taps, side * side)
+        return pairs @ full
     upper = torch.cat([(a[:, t] @ a[:, t:].reshape(g, -1, a.shape[-1]).mT).reshape(g, side, taps - t, side)
                        .permute(0, 2, 1, 3) for t in range(taps)], 1)  # (G, P, side, side): pairs t <= u
     t, u = torch.triu_indices(taps, taps, device=pairs.device)

@@ -4,6 +4,7 @@
 kernel) are in :mod:`liptriton.bounds`."""
 
 from liptriton.ops.bjorck import bjorck, bjorck_coefficients, bjorck_reference, bjorck_vjp_reference
+from liptriton.ops.bjorck_eigh import bjorck_eigh, eigh_pays
 from liptriton.ops.bjorck_gram import (
     bjorck_gram,
     bjorck_gram_reference,
@@ -20,11 +21,13 @@ from liptriton.ops.power_iteration import power_iteration, power_iteration_refer
 __all__ = [
     "bjorck",
     "bjorck_coefficients",
+    "bjorck_eigh",
     "bjorck_gram",
     "bjorck_gram_reference",
     "bjorck_gram_vjp_reference",
     "bjorck_reference",
     "bjorck_vjp_reference",
+    "eigh_pays",
     "frobenius_normalize",
     "frobenius_normalize_reference",
     "full_sort",

@@ -58,7 +58,9 @@ class Bjorck(LipschitzParametrization):
 
     1. ``sigma`` by warm-started power iteration on the matrix view (per group for grouped
        convolutions), floored by a guaranteed Gram-iteration bound (halved for order 1) so that
-       the iteration can never diverge, whatever the optimizer did to the weight;
+       the iteration can never diverge, whatever the optimizer did to the weight (an eager
+       training forward on a CPU takes the exact ``sigma_max`` and the same steps through one
+       eigendecomposition instead, :func:`~liptriton.ops.bjorck_eigh.bjorck_eigh`);
     2. a fixed number of Björck steps (``n_iters_train`` in training, ``n_iters`` in eval; fixed
        counts, compile-friendly), which keep every singular value <= 1 whatever the count
        (order 1 maps [0, 2] into [-1, 1], so an underestimate of sigma is pulled back below 1);
