@@ -80,23 +80,30 @@ BJORCK_ITERS = 15  # Björck steps of the op cases (the flop count of the GPU su
 
 
 def make_bjorck(provider: str, n: int | tuple[int, int], device: str) -> Callable[[], object]:
-    """Björck forward + backward of an n x n weight, or of an (m, n) one when ``n`` is a tuple.
+    """Björck forward + backward of an n x n weight, or of an (m, n) one when ``n`` is a tuple: the
+    training weight ``bjorck(W / sigma_max(W))``, the division differentiable, as every provider's.
 
-    liptriton: what a training forward of the library runs for such a weight (eagerly on a CPU, the
-    steps through one eigendecomposition, :func:`~liptriton.ops.bjorck_eigh.bjorck_eigh`, with its
-    division by the spectral norm; elsewhere Gram space where :func:`ops.gram_pays`); torch-ref:
-    the direct iteration :func:`ops.bjorck_reference` (the op before Gram space)."""
+    liptriton: what a training forward of the library runs (eagerly on a CPU the steps through one
+    eigendecomposition, :func:`~liptriton.ops.bjorck_eigh.bjorck_eigh`, which divides by the exact
+    ``sigma_max``; elsewhere ``u^T W v`` with the exact top pair, then Gram space where
+    :func:`ops.gram_pays`); torch-ref: ``u^T W v``, then the direct iteration
+    :func:`ops.bjorck_reference` (the op before Gram space). The pair is computed once (SVD)."""
     torch.manual_seed(0)
     m, k = n if isinstance(n, tuple) else (n, None)
     op = ops.bjorck_gram if ops.gram_pays((m, k or m)) else ops.bjorck
+    w = _unit_spectral(m, k, device)
+    svd_u, _, svd_vh = torch.linalg.svd(w.double(), full_matrices=False)
+    u, v = svd_u[:, 0].to(w.dtype), svd_vh[0].to(w.dtype)
 
     def lip(w: Tensor) -> Tensor:
         if ops.eigh_pays(w.shape, w.device):  # False under torch.compile
             return ops.bjorck_eigh(w, BJORCK_ITERS)[0]
-        return op(w, BJORCK_ITERS)
+        return op(w / ops.spectral_sigma(w, u, v), BJORCK_ITERS)
 
-    fn = _op_fn(provider, lip, lambda w: ops.bjorck_reference(w, BJORCK_ITERS))
-    return _fwd_bwd(fn, _unit_spectral(m, k, device))
+    def ref(w: Tensor) -> Tensor:
+        return ops.bjorck_reference(w / ops.spectral_sigma(w, u, v), BJORCK_ITERS)
+
+    return _fwd_bwd(_op_fn(provider, lip, ref), w)
 
 
 def make_frobenius(provider: str, n: int, device: str) -> Callable[[], object]:

@@ -96,8 +96,9 @@ def test_checks_and_choice():
     with pytest.raises(ValueError, match="order"):
         bjorck_eigh(torch.randn(3, 4), 3, order=5)
     cpu = torch.device("cpu")
-    assert eigh_pays((64, 2048), cpu) and eigh_pays((3, 16, 9), cpu) and eigh_pays((512, 512), cpu)
-    assert not eigh_pays((1, 64), cpu) and not eigh_pays((1024, 4096), cpu)
+    assert eigh_pays((64, 2048), cpu) and eigh_pays((3, 16, 9), cpu) and eigh_pays((64, 64), cpu)
+    assert eigh_pays((512, 4608), cpu) and eigh_pays((300, 128), cpu)
+    assert not eigh_pays((1, 64), cpu) and not eigh_pays((1024, 4096), cpu) and not eigh_pays((128, 200), cpu)
     assert not eigh_pays((64, 2048), torch.device("meta"))
 
 

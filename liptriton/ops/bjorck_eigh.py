@@ -22,7 +22,7 @@ CUDA; the compiled and CUDA paths keep the Gram-space steps): :func:`eigh_pays` 
 Triton kernel. Measured (one thread, 12 order-1 steps, forward + backward, against the power
 iteration + guard + Gram-space or direct steps it replaces): 16 x 9 2.2 -> 0.8 ms, 32 x 288 2.5
 -> 1.2, 64 x 2048 8.6 -> 3.9, 128 x 1152 16.5 -> 11.0, 256 x 1568 78 -> 40-52, 512 x 4608 720-830
--> 260-310; square 64 x 64 3.5 -> 2.0, 128 x 128 equal, 256 x 256 51 -> 37-49.
+-> 260-310; square 64 x 64 3.5 -> 2.0 (squarer and larger weights keep the iteration).
 """
 
 from __future__ import annotations
@@ -35,20 +35,26 @@ from liptriton.ops.bjorck import _check, bjorck_coefficients
 __all__ = ["bjorck_eigh", "eigh_pays"]
 
 # Smaller side up to which a CPU training forward takes this path (see eigh_pays): it wins at every
-# size measured (up to 512 x 4608); the backward holds n_iters S x S float64 matrices at once.
+# size measured (up to 512 x 4608); the backward holds a few n_iters x S x S float64 stacks at once
+# (25 MB each at S = 512, 12 steps).
 EIGH_SIDE = 512
 
 
 def eigh_pays(shape: tuple[int, ...], device: torch.device) -> bool:
     """True when :func:`bjorck_eigh` is the cheaper training path for matrices of ``shape``
-    (..., m, n) on ``device``: eager, on a CPU, smaller side from 2 to 512.
+    (..., m, n) on ``device``: eager, on a CPU, smaller side from 2 to 512, and either at most 64
+    (the iteration is op-bound there) or the larger side at least twice the smaller (Gram space's
+    floor). A squarer weight gains nothing: its direct steps cost about the ``eigh`` and the
+    divided differences (128 x 128: 9-13 ms against 6-9).
 
     Examples:
-        >>> eigh_pays((64, 2048), torch.device("cpu")), eigh_pays((512, 4608), torch.device("cpu"))
-        (True, False)
+        >>> cpu = torch.device("cpu")
+        >>> eigh_pays((64, 2048), cpu), eigh_pays((32, 32), cpu), eigh_pays((256, 256), cpu)
+        (True, True, False)
     """
-    small = min(shape[-2:])
-    return device.type == "cpu" and 2 <= small <= EIGH_SIDE and not torch.compiler.is_compiling()
+    small, large = sorted(shape[-2:])
+    return (device.type == "cpu" and 2 <= small <= EIGH_SIDE and (small <= 64 or large >= 2 * small)
+            and not torch.compiler.is_compiling())
 
 
 def _poly(coeffs: tuple[float, ...], y: Tensor) -> Tensor:
