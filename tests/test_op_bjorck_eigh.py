@@ -14,6 +14,8 @@ import liptriton
 from liptriton.ops import bjorck_reference
 from liptriton.ops.bjorck_eigh import bjorck_eigh, eigh_pays
 
+eigh_module = sys.modules["liptriton.ops.bjorck_eigh"]
+
 SHAPES = {"wide": (6, 40), "tall": (40, 6), "square": (12, 12), "batch": (3, 7, 30), "tiny": (2, 3)}
 
 
@@ -38,9 +40,12 @@ def test_equals_the_direct_iteration_on_the_normalized_weight(shape, n_iters, or
     torch.testing.assert_close((x.mT @ top.unsqueeze(-1)).squeeze(-1).norm(dim=-1), sigma, rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "loop"])
 @pytest.mark.parametrize("order", [1, 2, 4])
 @pytest.mark.parametrize("shape", [(5, 23), (23, 5), (2, 4, 9), (8, 8)], ids=["wide", "tall", "batch", "square"])
-def test_gradient_equals_autograd_of_the_direct_iteration(shape, order):
+def test_gradient_equals_autograd_of_the_direct_iteration(shape, order, stacked, monkeypatch):
+    # both ways to the divided differences: every step at once (small sides), one step at a time
+    monkeypatch.setattr(eigh_module, "_STACK_SIDE", 10**6 if stacked else 0)
     w = _rand(shape, 7 + order)
     g = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     a = w.clone().requires_grad_(True)

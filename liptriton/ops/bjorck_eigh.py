@@ -38,6 +38,7 @@ __all__ = ["bjorck_eigh", "eigh_pays"]
 # size measured (up to 512 x 4608); the backward holds a few n_iters x S x S float64 stacks at once
 # (25 MB each at S = 512, 12 steps).
 EIGH_SIDE = 512
+_STACK_SIDE = 64  # up to this side the backward's divided differences take every step at once
 
 
 def eigh_pays(shape: tuple[int, ...], device: torch.device) -> bool:
@@ -89,6 +90,8 @@ def _divided_differences(ys: Tensor, qs: Tensor, hs: Tensor, coeffs: tuple[float
     h_k(a) [q]_k [y_k]``, so ``[h_n] = sum_k h_k(a) [q]_k [y_k] prod_{j > k} q(y_j(b))``.
     ``[q]`` by Horner (``[c + y r](a, b) = r(b) + a [r](a, b)``); every step at once (stacked).
     """
+    if ys.shape[-1] > _STACK_SIDE:
+        return _divided_differences_loop(ys, qs, hs, coeffs)
     a, qa, qb = ys[..., :, None], qs[..., :, None], qs[..., None, :]
     if len(coeffs) == 2:  # order 1: [q] is the constant c_1
         dq: Tensor | float = coeffs[1]
@@ -102,6 +105,28 @@ def _divided_differences(ys: Tensor, qs: Tensor, hs: Tensor, coeffs: tuple[float
     dy = torch.cumprod(torch.cat([torch.ones_like(t[:1]), t[:-1]]), 0)  # [y_k], k = 0 .. n - 1
     later = torch.cat([torch.ones_like(qs[:1]), qs.flip(0)[:-1]]).cumprod(0).flip(0)  # prod_{j > k} q_j
     return ((hs[..., :, None] * later[..., None, :]) * dq * dy).sum(0)
+
+
+def _divided_differences_loop(ys: Tensor, qs: Tensor, hs: Tensor, coeffs: tuple[float, ...]) -> Tensor:
+    """:func:`_divided_differences` one step at a time, in place: a few S x S matrices live instead
+    of stacks of ``n_iters`` of them (network (a) of perf/, whose 256 x 1568 weight takes it: the
+    eager training step's peak tensor memory 53.4 -> 33.0 MB; 42.3 MB before this path, 34.6 MB
+    for the unconstrained network)."""
+    dy = torch.ones(ys.shape[1:] + ys.shape[-1:], dtype=ys.dtype, device=ys.device)
+    dh = torch.zeros_like(dy)
+    for y, q, h in zip(ys, qs, hs):
+        a, qa, qb = y[..., :, None], q[..., :, None], q[..., None, :]
+        if len(coeffs) == 2:
+            dh.mul_(qb).addcmul_(h[..., :, None], dy, value=coeffs[1])
+            dy.mul_(torch.addcmul(qb.square(), a, qa + qb, value=coeffs[1]))
+        else:
+            dq, tail = torch.zeros_like(dy), torch.full_like(y, coeffs[-1])
+            for c in reversed(coeffs[:-1]):
+                dq = torch.addcmul(tail[..., None, :], a, dq)
+                tail = tail * y + c
+            dh.mul_(qb).addcmul_(h[..., :, None] * dq, dy)
+            dy.mul_(torch.addcmul(qb.square(), a * (qa + qb), dq))
+    return dh
 
 
 class _BjorckEigh(torch.autograd.Function):
