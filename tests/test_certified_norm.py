@@ -195,3 +195,25 @@ def test_ranked_path_over_a_drifting_batch():
         assert top <= float(bound) <= top * (1 + 1e-6) ** 2 * (1 + 1e-8), step
         rayleigh = (v.conj() * (h @ v.unsqueeze(-1)).squeeze(-1)).sum(-1).real.max()
         assert float(rayleigh) >= top * (1 - 1e-6), step
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["real", "hermitian"])
+def test_compiled_graphs_call_the_eager_certificate_as_one_op(dtype):
+    a = torch.randn(40, 7, 6, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    h, v = a.mH @ a, torch.randn(40, 6, dtype=dtype)
+    args = (h, v, 8, [1 + 1e-6, 1 + 1e-3], 16, 1, 1)
+    torch.library.opcheck(torch.ops.liptriton.certify_top_eigenvalue, args,
+                          test_utils=("test_schema", "test_faketensor"))
+    bound, _ = torch.ops.liptriton.certify_top_eigenvalue(*args)
+    top = torch.linalg.eigvalsh(h).max()
+    assert top <= bound <= top * (1 + 3e-6)  # the eager (ranked) path's tightness
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    compiled = torch.compile(lambda h, v: certify_top_eigenvalue(h, v, 8), backend=backend, fullgraph=True)
+    bound_c, _ = compiled(h, v)
+    assert any("liptriton.certify_top_eigenvalue" in t for t in seen), seen
+    assert bound_c == certify_top_eigenvalue(h, v, 8)[0]

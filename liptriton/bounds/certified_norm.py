@@ -38,6 +38,7 @@ from liptriton.bounds._gram_ops import dot as _dot
 from liptriton.bounds._gram_ops import frobenius as _frobenius
 from liptriton.bounds._gram_ops import generic as _generic
 from liptriton.bounds.certified_direct import certify_direct, certify_ranked, prove_level
+from liptriton.bounds.lanczos import lanczos_top
 
 __all__ = ["LEVELS", "certify_top_eigenvalue", "lanczos_top"]
 
@@ -57,45 +58,6 @@ _DIRECT_WORK = (128, 2**24)  # (batch, batch * side^3) both at most these
 _RANK_STEPS = 4  # power steps of every matrix that rank a fresh batch; the matrices they rank too low fail
 # the factorization at the top ones' level, and only those are then converged (ResNet-50: see perf/NOTES.md)
 _MISSED_ROUNDS = 4  # rounds of converging the missed matrices before the full procedure
-
-
-def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
-    """Top Ritz vectors (batch, q) of ``h`` (batch, q, q, symmetric or Hermitian) in the Krylov
-    space of ``v`` of dimension ``min(steps, q)`` (full reorthogonalization, then Rayleigh-Ritz on
-    the projected matrix ``Q^H h Q``; no eigensolver: the small matrix's top eigenvector comes from
-    its 4096th power, so nothing synchronizes with the host)."""
-    k = min(steps, h.shape[-1])
-    q = F.normalize(v, dim=-1, eps=1e-300)
-    if k <= 1:  # the Krylov space is v itself (powering a 1 x 1 matrix would also fuse 12
-        return q  # squarings of one scalar into one expression under Inductor)
-    basis, images, alphas = [q], [], []
-    for j in range(k):
-        w = _apply(h, basis[-1])
-        images.append(w)
-        if j + 1 == k:
-            break
-        alphas.append(_dot(basis[-1], w).abs())
-        scale = torch.stack(alphas, -1).amax(-1)
-        # Breakdown (the Krylov space is invariant: a degenerate spectrum, or a warm vector with no
-        # component on the top eigenvectors) leaves only rounding noise after the
-        # orthogonalization. A fixed generic vector, added at 1e-6 of the scale before it, is then
-        # what remains: the next basis vector, so that every direction, the top one included,
-        # enters the space again. Otherwise it tilts the space by 1e-6, which Rayleigh-Ritz on the
-        # exact projection absorbs (and the proof never relies on the vector).
-        generic = F.normalize(_generic(w.shape[-1], j + 1.6180339887, w), dim=0)
-        w = w + (1e-6 * scale).unsqueeze(-1).to(w.dtype) * generic
-        qs = torch.stack(basis, -1)  # (batch, q, j + 1)
-        for _ in range(2):  # twice is enough (Kahan)
-            w = w - (qs @ (qs.mH @ w.unsqueeze(-1))).squeeze(-1)
-        basis.append(F.normalize(w, dim=-1, eps=1e-300))
-    qs = torch.stack(basis, -1)
-    t = qs.mH @ torch.stack(images, -1)  # (batch, k, k): Q^H h Q
-    t = (t + t.mH) / 2
-    for _ in range(12):  # t^4096, rescaled: its columns point to the top eigenvector
-        t = t / torch.linalg.matrix_norm(t).clamp_min(1e-300)[..., None, None]
-        t = t @ t
-    y = F.normalize(t.sum(-1) + t[..., 0], dim=-1, eps=1e-300)
-    return F.normalize((qs @ y.unsqueeze(-1)).squeeze(-1), dim=-1, eps=1e-300)
 
 
 def _path(h: Tensor, steps: int, refine: int) -> str:
@@ -169,6 +131,12 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         >>> bool(top <= bound <= top * 1.003)
         True
     """
+    if h.device.type == "cpu" and torch.compiler.is_compiling():
+        # A compiled graph calls the eager CPU certificate as one opaque op (its LAPACK paths and
+        # their host synchronizations run at run time) instead of tracing Lanczos: Inductor has no
+        # complex code generation, and the traced path took 1.6x the eager one (perf/NOTES.md).
+        return torch.ops.liptriton.certify_top_eigenvalue(h, v.to(h.dtype), steps, list(levels), top, refine,
+                                                          power)
     path = _path(h, steps, refine)
     if path != "lanczos":
         with torch.no_grad():
@@ -283,3 +251,17 @@ def _converge_top(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...], t
     vi = torch.cholesky_solve(v[idx].unsqueeze(-1), factor[idx]).squeeze(-1)
     v = F.normalize(v, dim=-1, eps=1e-300).index_copy(0, idx, F.normalize(vi, dim=-1, eps=1e-300))
     return mu * (1 + _MARGIN), v, True
+
+
+@torch.library.custom_op("liptriton::certify_top_eigenvalue", mutates_args=(), device_types="cpu")
+def _certify_op(h: Tensor, v: Tensor, steps: int, levels: list[float], top: int, refine: int,
+                power: int) -> tuple[Tensor, Tensor]:
+    """:func:`certify_top_eigenvalue` as one CPU op for compiled graphs (runs eagerly inside)."""
+    bound, out = certify_top_eigenvalue(h, v, steps, tuple(levels), top, refine, power)
+    return bound.clone(), out.clone()  # an op's outputs must not alias its inputs
+
+
+@_certify_op.register_fake
+def _(h: Tensor, v: Tensor, steps: int, levels: list[float], top: int, refine: int,
+      power: int) -> tuple[Tensor, Tensor]:
+    return h.new_empty((), dtype=h.real.dtype), v.new_empty(v.shape, dtype=h.dtype)
