@@ -132,3 +132,31 @@ def test_parametrization_trains_through_it_and_keeps_the_pair(layer, monkeypatch
         assert float(s.max()) <= 1 + 1e-6 and float(s.min()) >= 0.98
     layer.eval()  # the eval weight (iterative path from the stored pair) is the training one, converged
     torch.testing.assert_close(p.layout.to_batch(layer.weight.detach()).double(), w, rtol=0, atol=2e-4)
+
+
+def test_opcheck_of_the_compiled_graphs_ops():
+    x = _rand((2, 6, 20), 5)
+    torch.library.opcheck(torch.ops.liptriton.bjorck_eigh, (x, 5, [1.5, -0.5]))
+    _, _, *saved = torch.ops.liptriton.bjorck_eigh(x, 5, [1.5, -0.5])
+    torch.library.opcheck(torch.ops.liptriton.bjorck_eigh_backward, (torch.randn_like(x), x, *saved, [1.5, -0.5]))
+
+
+def test_compiled_layer_calls_the_ops_and_matches_eager():
+    torch.manual_seed(0)
+    lin = liptriton.bjorck(torch.nn.Linear(40, 12))
+    x = torch.randn(5, 40)
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    loss = torch.compile(lambda: lin(x).square().sum(), backend=backend, fullgraph=True)()
+    loss.backward()
+    assert any("liptriton.bjorck_eigh" in t for t in seen), seen
+    grad = lin.parametrizations.weight.original.grad.clone()
+    lin.zero_grad()
+    eager = lin(x).square().sum()
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    torch.testing.assert_close(grad, lin.parametrizations.weight.original.grad)

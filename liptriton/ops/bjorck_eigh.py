@@ -17,9 +17,9 @@ near-equal eigenvalues, which an orthogonal weight has), plus the term of ``lamb
 
 The products run in float64: ``h`` reaches ``q(0)^n`` (130 for 12 order-1 steps) on the directions
 of small singular values, and a float32 application would let rounding leak into them (the
-gradient's products run in the weight's precision). Eager CPU only (``eigh`` synchronizes on
-CUDA; the compiled and CUDA paths keep the Gram-space steps): :func:`eigh_pays` decides; no
-Triton kernel. Measured (one thread, 12 order-1 steps, forward + backward, against the power
+gradient's products run in the weight's precision). CPU only (``eigh`` synchronizes on CUDA,
+which keeps the Gram-space steps): :func:`eigh_pays` decides; no Triton kernel. Compiled graphs
+call it as two opaque ops (``liptriton::bjorck_eigh`` and its backward). Measured (one thread, 12 order-1 steps, forward + backward, against the power
 iteration + guard + Gram-space or direct steps it replaces): 16 x 9 2.2 -> 0.8 ms, 32 x 288 2.5
 -> 1.2, 64 x 2048 8.6 -> 3.9, 128 x 1152 16.5 -> 11.0, 256 x 1568 78 -> 40-52, 512 x 4608 720-830
 -> 260-310; square 64 x 64 3.5 -> 2.0 (squarer and larger weights keep the iteration).
@@ -43,7 +43,7 @@ _STACK_SIDE = 64  # up to this side the backward's divided differences take ever
 
 def eigh_pays(shape: tuple[int, ...], device: torch.device) -> bool:
     """True when :func:`bjorck_eigh` is the cheaper training path for matrices of ``shape``
-    (..., m, n) on ``device``: eager, on a CPU, smaller side from 2 to 512, and either at most 64
+    (..., m, n) on ``device``: on a CPU, smaller side from 2 to 512, and either at most 64
     (the iteration is op-bound there) or the larger side at least twice the smaller (Gram space's
     floor). A squarer weight gains nothing: its direct steps cost about the ``eigh`` and the
     divided differences (128 x 128: 9-13 ms against 6-9).
@@ -54,8 +54,7 @@ def eigh_pays(shape: tuple[int, ...], device: torch.device) -> bool:
         (True, True, False)
     """
     small, large = sorted(shape[-2:])
-    return (device.type == "cpu" and 2 <= small <= EIGH_SIDE and (small <= 64 or large >= 2 * small)
-            and not torch.compiler.is_compiling())
+    return device.type == "cpu" and 2 <= small <= EIGH_SIDE and (small <= 64 or large >= 2 * small)
 
 
 def _poly(coeffs: tuple[float, ...], y: Tensor) -> Tensor:
@@ -129,36 +128,91 @@ def _divided_differences_loop(ys: Tensor, qs: Tensor, hs: Tensor, coeffs: tuple[
     return dh
 
 
+def _forward(x: Tensor, steps: int, coeffs: tuple[float, ...]) -> tuple[Tensor, ...]:
+    """``(q, top, u, lambda_1, F, ys, qs, hs)`` for matrices ``x`` (B, S, n), S <= n: the iterate,
+    the top eigenvector, and what the backward needs."""
+    xd = x.double()
+    lam, u = torch.linalg.eigh((xd @ xd.mT).nan_to_num(0.0, 0.0, 0.0))
+    lam1 = lam[..., -1:].clamp_min(torch.finfo(torch.float64).tiny)
+    ys, qs, hs = _trajectory(lam.clamp_min(0) / lam1, steps, coeffs)
+    f = hs[-1] * qs[-1] / lam1.sqrt()
+    big_f = (u * f[..., None, :]) @ u.mT
+    return (big_f @ xd).to(x.dtype), u[..., -1].clone(), u, lam1, big_f, ys, qs, hs
+
+
+def _backward(dq: Tensor, x: Tensor, u: Tensor, lam1: Tensor, big_f: Tensor, ys: Tensor, qs: Tensor,
+              hs: Tensor, coeffs: tuple[float, ...]) -> Tensor:
+    # the gradient's products in the weight's precision (float32: a relative 1e-6 is far below
+    # what the optimizer needs); the S x S algebra in float64
+    m = (dq @ x.mT).double()
+    mt = u.mT @ (m + m.mT) @ u
+    dh = _divided_differences(ys, qs, hs, coeffs)
+    scale = lam1[..., None] ** -1.5
+    inner = mt * dh * scale
+    # the term of lambda_1: d f_i / d lambda_1 = -lambda_1^(-3/2) (h'(y_i) y_i + h(y_i) / 2)
+    h = hs[-1] * qs[-1]
+    c = -(mt.diagonal(dim1=-2, dim2=-1) * (dh.diagonal(dim1=-2, dim2=-1) * ys[0] + 0.5 * h)).sum(-1)
+    inner[..., -1, -1] += c * scale[..., 0, 0]
+    return big_f.to(x.dtype) @ dq + (u @ inner @ u.mT).to(x.dtype) @ x
+
+
 class _BjorckEigh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, steps: int, coeffs: tuple[float, ...]) -> tuple[Tensor, Tensor]:
-        xd = x.double()
-        lam, u = torch.linalg.eigh((xd @ xd.mT).nan_to_num(0.0, 0.0, 0.0))
-        lam1 = lam[..., -1:].clamp_min(torch.finfo(torch.float64).tiny)
-        ys, qs, hs = _trajectory(lam.clamp_min(0) / lam1, steps, coeffs)
-        f = hs[-1] * qs[-1] / lam1.sqrt()
-        big_f = (u * f[..., None, :]) @ u.mT
-        ctx.save_for_backward(x, u, lam1, big_f, ys, qs, hs)
-        ctx.coeffs = coeffs
-        ctx.mark_non_differentiable(u)
-        return (big_f @ xd).to(x.dtype), u[..., -1]
+    """The eager path (its backward is made of torch ops: differentiable again)."""
 
     @staticmethod
-    def backward(ctx, dq: Tensor, _du: Tensor) -> tuple[Tensor, None, None]:
-        x, u, lam1, big_f, ys, qs, hs = ctx.saved_tensors
-        # the gradient's products in the weight's precision (float32: a relative 1e-6 is far below
-        # what the optimizer needs); the S x S algebra in float64
-        m = (dq @ x.mT).double()
-        mt = u.mT @ (m + m.mT) @ u
-        dh = _divided_differences(ys, qs, hs, ctx.coeffs)
-        scale = lam1[..., None] ** -1.5
-        inner = mt * dh * scale
-        # the term of lambda_1: d f_i / d lambda_1 = -lambda_1^(-3/2) (h'(y_i) y_i + h(y_i) / 2)
-        h = hs[-1] * qs[-1]
-        c = -(mt.diagonal(dim1=-2, dim2=-1) * (dh.diagonal(dim1=-2, dim2=-1) * ys[0] + 0.5 * h)).sum(-1)
-        inner[..., -1, -1] += c * scale[..., 0, 0]
-        dx = big_f.to(x.dtype) @ dq + (u @ inner @ u.mT).to(x.dtype) @ x
-        return dx, None, None
+    def forward(ctx, x: Tensor, steps: int, coeffs: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+        q, top, *saved = _forward(x, steps, coeffs)
+        ctx.save_for_backward(x, *saved)
+        ctx.coeffs = coeffs
+        ctx.mark_non_differentiable(top)
+        return q, top
+
+    @staticmethod
+    def backward(ctx, dq: Tensor, _dtop: Tensor) -> tuple[Tensor, None, None]:
+        return _backward(dq, *ctx.saved_tensors, ctx.coeffs), None, None
+
+
+# Compiled graphs on a CPU call the same functions as two opaque ops (Inductor would otherwise trace
+# the steps and the eigendecomposition: 100 s to compile one layer, where these take seconds).
+@torch.library.custom_op("liptriton::bjorck_eigh", mutates_args=(), device_types="cpu")
+def _op(x: Tensor, steps: int, coeffs: list[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                             Tensor, Tensor]:
+    q, top, u, lam1, big_f, ys, qs, hs = _forward(x, steps, tuple(coeffs))
+    return q, top, u.contiguous(), lam1.clone(), big_f, ys, qs, hs  # eigh's vectors are column-major
+
+
+@_op.register_fake
+def _(x: Tensor, steps: int, coeffs: list[float]) -> tuple[Tensor, ...]:
+    b, side = x.shape[0], x.shape[1]
+
+    def f64(*shape: int) -> Tensor:
+        return x.new_empty(shape, dtype=torch.float64)
+
+    return (x.new_empty(x.shape), f64(b, side), f64(b, side, side), f64(b, 1), f64(b, side, side),
+            f64(steps, b, side), f64(steps, b, side), f64(steps, b, side))
+
+
+@torch.library.custom_op("liptriton::bjorck_eigh_backward", mutates_args=(), device_types="cpu")
+def _op_backward(dq: Tensor, x: Tensor, u: Tensor, lam1: Tensor, big_f: Tensor, ys: Tensor, qs: Tensor,
+                 hs: Tensor, coeffs: list[float]) -> Tensor:
+    return _backward(dq, x, u, lam1, big_f, ys, qs, hs, tuple(coeffs))
+
+
+@_op_backward.register_fake
+def _(dq: Tensor, x: Tensor, *_: object) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _setup(ctx, inputs: tuple, output: tuple) -> None:
+    ctx.save_for_backward(inputs[0], *output[2:])
+    ctx.coeffs = inputs[2]
+
+
+def _op_grad(ctx, dq: Tensor, *_: Tensor) -> tuple[Tensor, None, None]:
+    return torch.ops.liptriton.bjorck_eigh_backward(dq, *ctx.saved_tensors, ctx.coeffs), None, None
+
+
+_op.register_autograd(_op_grad, setup_context=_setup)
 
 
 def bjorck_eigh(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5) -> tuple[Tensor, Tensor]:
@@ -190,6 +244,10 @@ def bjorck_eigh(w: Tensor, n_iters: int = 15, order: int = 1, beta: float = 0.5)
     wide = w.shape[-2] <= w.shape[-1]
     x = w if wide else w.mT
     shape = x.shape
-    q, top = _BjorckEigh.apply(x.reshape(-1, *shape[-2:]), n_iters, coeffs)
+    x3 = x.reshape(-1, *shape[-2:])
+    if torch.compiler.is_compiling():
+        q, top = torch.ops.liptriton.bjorck_eigh(x3, n_iters, list(coeffs))[:2]
+    else:
+        q, top = _BjorckEigh.apply(x3, n_iters, coeffs)
     q = q.reshape(shape)
     return (q if wide else q.mT), top.reshape(*shape[:-2], shape[-2])
