@@ -134,17 +134,20 @@ def test_parametrization_trains_through_it_and_keeps_the_pair(layer, monkeypatch
     torch.testing.assert_close(p.layout.to_batch(layer.weight.detach()).double(), w, rtol=0, atol=2e-4)
 
 
-def test_opcheck_of_the_compiled_graphs_ops():
-    x = _rand((2, 6, 20), 5)
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed"])
+def test_opcheck_of_the_compiled_graphs_ops(transposed):
+    x = _rand((2, 20, 6), 5).mT if transposed else _rand((2, 6, 20), 5)  # a tall weight arrives transposed
     torch.library.opcheck(torch.ops.liptriton.bjorck_eigh, (x, 5, [1.5, -0.5]))
     _, _, *saved = torch.ops.liptriton.bjorck_eigh(x, 5, [1.5, -0.5])
-    torch.library.opcheck(torch.ops.liptriton.bjorck_eigh_backward, (torch.randn_like(x), x, *saved, [1.5, -0.5]))
+    dq = torch.randn(2, 20, 6, dtype=torch.float64).mT if transposed else torch.randn_like(x)
+    torch.library.opcheck(torch.ops.liptriton.bjorck_eigh_backward, (dq, x, *saved, [1.5, -0.5]))
 
 
-def test_compiled_layer_calls_the_ops_and_matches_eager():
+@pytest.mark.parametrize("make", [lambda: torch.nn.Linear(40, 12), lambda: torch.nn.Conv2d(1, 8, 3)], ids=["wide", "tall"])
+def test_compiled_layer_calls_the_ops_and_matches_eager(make):
     torch.manual_seed(0)
-    lin = liptriton.bjorck(torch.nn.Linear(40, 12))
-    x = torch.randn(5, 40)
+    lin = liptriton.bjorck(make())
+    x = torch.randn(5, 40) if isinstance(lin, torch.nn.Linear) else torch.randn(5, 1, 6, 6)
     seen = []
 
     def backend(gm, example_inputs):

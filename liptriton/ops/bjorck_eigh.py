@@ -178,7 +178,8 @@ class _BjorckEigh(torch.autograd.Function):
 def _op(x: Tensor, steps: int, coeffs: list[float]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                                              Tensor, Tensor]:
     q, top, u, lam1, big_f, ys, qs, hs = _forward(x, steps, tuple(coeffs))
-    return q, top, u.contiguous(), lam1.clone(), big_f, ys, qs, hs  # eigh's vectors are column-major
+    # contiguous, as the fake outputs (matmul may return a transposed layout; eigh's vectors are column-major)
+    return q.contiguous(), top, u.contiguous(), lam1.clone(), big_f.contiguous(), ys, qs, hs
 
 
 @_op.register_fake
@@ -195,12 +196,12 @@ def _(x: Tensor, steps: int, coeffs: list[float]) -> tuple[Tensor, ...]:
 @torch.library.custom_op("liptriton::bjorck_eigh_backward", mutates_args=(), device_types="cpu")
 def _op_backward(dq: Tensor, x: Tensor, u: Tensor, lam1: Tensor, big_f: Tensor, ys: Tensor, qs: Tensor,
                  hs: Tensor, coeffs: list[float]) -> Tensor:
-    return _backward(dq, x, u, lam1, big_f, ys, qs, hs, tuple(coeffs))
+    return _backward(dq, x, u, lam1, big_f, ys, qs, hs, tuple(coeffs)).contiguous()
 
 
 @_op_backward.register_fake
 def _(dq: Tensor, x: Tensor, *_: object) -> Tensor:
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 def _setup(ctx, inputs: tuple, output: tuple) -> None:
