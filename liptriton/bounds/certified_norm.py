@@ -258,7 +258,8 @@ def _certify_op(h: Tensor, v: Tensor, steps: int, levels: list[float], top: int,
                 power: int) -> tuple[Tensor, Tensor]:
     """:func:`certify_top_eigenvalue` as one CPU op for compiled graphs (runs eagerly inside)."""
     bound, out = certify_top_eigenvalue(h, v, steps, tuple(levels), top, refine, power)
-    return bound.clone(), out.clone()  # an op's outputs must not alias its inputs
+    # new tensors (an op's outputs must not alias its inputs), contiguous as the fake ones
+    return bound.clone(), out.clone(memory_format=torch.contiguous_format)
 
 
 @_certify_op.register_fake

@@ -196,12 +196,13 @@ def _(x: Tensor, steps: int, coeffs: list[float]) -> tuple[Tensor, ...]:
 @torch.library.custom_op("liptriton::bjorck_eigh_backward", mutates_args=(), device_types="cpu")
 def _op_backward(dq: Tensor, x: Tensor, u: Tensor, lam1: Tensor, big_f: Tensor, ys: Tensor, qs: Tensor,
                  hs: Tensor, coeffs: list[float]) -> Tensor:
-    return _backward(dq, x, u, lam1, big_f, ys, qs, hs, tuple(coeffs)).contiguous()
+    # the gradient in the input's layout (a tall weight arrives transposed), as the fake one
+    return torch.empty_like(x).copy_(_backward(dq, x, u, lam1, big_f, ys, qs, hs, tuple(coeffs)))
 
 
 @_op_backward.register_fake
 def _(dq: Tensor, x: Tensor, *_: object) -> Tensor:
-    return x.new_empty(x.shape)
+    return torch.empty_like(x)
 
 
 def _setup(ctx, inputs: tuple, output: tuple) -> None:

@@ -58,8 +58,8 @@ class Bjorck(LipschitzParametrization):
 
     1. ``sigma`` by warm-started power iteration on the matrix view (per group for grouped
        convolutions), floored by a guaranteed Gram-iteration bound (halved for order 1) so that
-       the iteration can never diverge, whatever the optimizer did to the weight (an eager
-       training forward on a CPU takes the exact ``sigma_max`` and the same steps through one
+       the iteration can never diverge, whatever the optimizer did to the weight (a training
+       forward on a CPU takes the exact ``sigma_max`` and the same steps through one
        eigendecomposition instead, :func:`~liptriton.ops.bjorck_eigh.bjorck_eigh`);
     2. a fixed number of Björck steps (``n_iters_train`` in training, ``n_iters`` in eval; fixed
        counts, compile-friendly), which keep every singular value <= 1 whatever the count
@@ -172,7 +172,7 @@ class Bjorck(LipschitzParametrization):
         """Björck steps on the matrices ``wb`` (B, m, n), pre-normalized so that they converge."""
         steps = self.n_iters_train if self.training else self.n_iters + self.eval_extra
         if self.training and eigh_pays(wb.shape, wb.device):
-            # eager CPU training: the same steps from the exact sigma_max through one float64
+            # CPU training: the same steps from the exact sigma_max through one float64
             # eigendecomposition (no power iteration to lag, no guard); the pair kept for eval
             q, top = bjorck_eigh(wb, steps, self.order, self.beta)
             self.state.store_top(wb, top)
