@@ -163,3 +163,10 @@ def test_compiled_layer_calls_the_ops_and_matches_eager(make):
     eager.backward()
     torch.testing.assert_close(loss, eager)
     torch.testing.assert_close(grad, lin.parametrizations.weight.original.grad)
+
+
+def test_a_second_derivative_raises_instead_of_missing_terms():
+    w = _rand((4, 9), 2).requires_grad_(True)
+    (g,) = torch.autograd.grad(bjorck_eigh(w, 5)[0].sum(), w, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(g.sum(), w)

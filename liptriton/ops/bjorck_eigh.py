@@ -19,16 +19,21 @@ The products run in float64: ``h`` reaches ``q(0)^n`` (130 for 12 order-1 steps)
 of small singular values, and a float32 application would let rounding leak into them (the
 gradient's products run in the weight's precision). CPU only (``eigh`` synchronizes on CUDA,
 which keeps the Gram-space steps): :func:`eigh_pays` decides; no Triton kernel. Compiled graphs
-call it as two opaque ops (``liptriton::bjorck_eigh`` and its backward). Measured (one thread, 12 order-1 steps, forward + backward, against the power
-iteration + guard + Gram-space or direct steps it replaces): 16 x 9 2.2 -> 0.8 ms, 32 x 288 2.5
--> 1.2, 64 x 2048 8.6 -> 3.9, 128 x 1152 16.5 -> 11.0, 256 x 1568 78 -> 40-52, 512 x 4608 720-830
--> 260-310; square 64 x 64 3.5 -> 2.0 (squarer and larger weights keep the iteration).
+call it as two opaque ops (``liptriton::bjorck_eigh`` and its backward). Once differentiable: a
+second derivative with respect to the weight (a Hessian in parameter space) raises; the iteration
+(:func:`~liptriton.ops.bjorck_gram`, :func:`~liptriton.ops.bjorck`) has one.
+
+Measured (one thread, 12 order-1 steps, forward + backward, against the power iteration + guard +
+Gram-space or direct steps it replaces): 16 x 9 2.2 -> 0.8 ms, 32 x 288 2.5 -> 1.2, 64 x 2048 8.6
+-> 3.9, 128 x 1152 16.5 -> 11.0, 256 x 1568 78 -> 40-52, 512 x 4608 720-830 -> 260-310; square
+64 x 64 3.5 -> 2.0 (squarer and larger weights keep the iteration).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from liptriton.ops.bjorck import _check, bjorck_coefficients
 
@@ -157,7 +162,8 @@ def _backward(dq: Tensor, x: Tensor, u: Tensor, lam1: Tensor, big_f: Tensor, ys:
 
 
 class _BjorckEigh(torch.autograd.Function):
-    """The eager path (its backward is made of torch ops: differentiable again)."""
+    """The eager path. Once differentiable: the backward's saved factors are constants to autograd,
+    so a second derivative would miss their dependence on the weight; it raises instead."""
 
     @staticmethod
     def forward(ctx, x: Tensor, steps: int, coeffs: tuple[float, ...]) -> tuple[Tensor, Tensor]:
@@ -168,6 +174,7 @@ class _BjorckEigh(torch.autograd.Function):
         return q, top
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dq: Tensor, _dtop: Tensor) -> tuple[Tensor, None, None]:
         return _backward(dq, *ctx.saved_tensors, ctx.coeffs), None, None
 
