@@ -58,6 +58,11 @@ _DIRECT_WORK = (128, 2**24)  # (batch, batch * side^3) both at most these
 _RANK_STEPS = 4  # power steps of every matrix that rank a fresh batch; the matrices they rank too low fail
 # the factorization at the top ones' level, and only those are then converged (ResNet-50: see perf/NOTES.md)
 _MISSED_ROUNDS = 4  # rounds of converging the missed matrices before the full procedure
+# The ranked path's eigvalsh takes fewer matrices above this side: there each costs about one
+# factorization of the whole batch's worth of a missed matrix. Measured (12 hostile Adam steps,
+# one thread, Björck): Conv2d 128 -> 128 at 8 x 8 (60 complex blocks of side 128) 132-148 -> 114-123
+# ms per step with 4 instead of 16 (missed rounds 1 -> 2), 64 -> 64 at 16 x 16 65-71 -> 55-65 ms.
+_RANKED_SIDE, _RANKED_TOP = 32, 4
 
 
 def _path(h: Tensor, steps: int, refine: int) -> str:
@@ -140,7 +145,9 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
     path = _path(h, steps, refine)
     if path != "lanczos":
         with torch.no_grad():
-            return certify_direct(h, v, levels) if path == "direct" else certify_ranked(h, v, levels, top)
+            if path == "direct":
+                return certify_direct(h, v, levels)
+            return certify_ranked(h, v, levels, top if h.shape[-1] <= _RANKED_SIDE else min(top, _RANKED_TOP))
     with torch.no_grad():
         # Keep a share of a fixed generic vector in the warm start: a top eigenvector the previous
         # steps did not see (another group, another symmetry class overtaking the old top) then
