@@ -170,3 +170,14 @@ def test_a_second_derivative_raises_instead_of_missing_terms():
     (g,) = torch.autograd.grad(bjorck_eigh(w, 5)[0].sum(), w, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         torch.autograd.grad(g.sum(), w)
+
+
+def test_torch_func_transforms_keep_the_iteration():
+    seen = []
+
+    def f(w):
+        seen.append(eigh_pays(w.shape, w.device))  # the autograd.Function has no functorch rule
+        return w.square().sum()
+
+    torch.func.grad(f)(torch.randn(4, 9))
+    assert seen == [False] and eigh_pays((4, 9), torch.device("cpu"))

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from liptriton.ops._dispatch import transforms_active
 from liptriton.ops.bjorck import _check, bjorck_coefficients
 
 __all__ = ["bjorck_eigh", "eigh_pays"]
@@ -48,7 +49,8 @@ _STACK_SIDE = 64  # up to this side the backward's divided differences take ever
 
 def eigh_pays(shape: tuple[int, ...], device: torch.device) -> bool:
     """True when :func:`bjorck_eigh` is the cheaper training path for matrices of ``shape``
-    (..., m, n) on ``device``: on a CPU, smaller side from 2 to 512, and either at most 64
+    (..., m, n) on ``device``: on a CPU, outside torch.func transforms, smaller side from 2 to 512,
+    and either at most 64
     (the iteration is op-bound there) or the larger side at least twice the smaller (Gram space's
     floor). A squarer weight gains nothing: its direct steps cost about the ``eigh`` and the
     divided differences (128 x 128: 9-13 ms against 6-9).
@@ -59,7 +61,8 @@ def eigh_pays(shape: tuple[int, ...], device: torch.device) -> bool:
         (True, True, False)
     """
     small, large = sorted(shape[-2:])
-    return device.type == "cpu" and 2 <= small <= EIGH_SIDE and (small <= 64 or large >= 2 * small)
+    return (device.type == "cpu" and 2 <= small <= EIGH_SIDE and (small <= 64 or large >= 2 * small)
+            and not transforms_active())  # torch.func transforms keep the iteration (plain autograd)
 
 
 def _poly(coeffs: tuple[float, ...], y: Tensor) -> Tensor:
