@@ -58,11 +58,13 @@ _DIRECT_WORK = (128, 2**24)  # (batch, batch * side^3) both at most these
 _RANK_STEPS = 4  # power steps of every matrix that rank a fresh batch; the matrices they rank too low fail
 # the factorization at the top ones' level, and only those are then converged (ResNet-50: see perf/NOTES.md)
 _MISSED_ROUNDS = 4  # rounds of converging the missed matrices before the full procedure
-# The ranked path's eigvalsh takes fewer matrices above this side: there each costs about one
-# factorization of the whole batch's worth of a missed matrix. Measured (12 hostile Adam steps,
-# one thread, Björck): Conv2d 128 -> 128 at 8 x 8 (60 complex blocks of side 128) 132-148 -> 114-123
-# ms per step with 4 instead of 16 (missed rounds 1 -> 2), 64 -> 64 at 16 x 16 65-71 -> 55-65 ms.
-_RANKED_SIDE, _RANKED_TOP = 32, 4
+# Matrices the ranked path sends through eigvalsh first (at most): a matrix the ranking misses
+# costs one more round (its eigvalsh and factorization), less than a dozen more eigvalsh. Measured
+# (one thread, forward + backward of the certificate, against 16): network (c)'s 60 complex blocks
+# of side 32 5.0-5.4 -> 4.3-4.5 ms, of side 16 2.6-2.8 -> 2.4-2.7; network (b)'s 60 of side 128
+# 86-105 -> 68-77 ms, 180 of side 64 51-64 -> 46-55; 30 hostile Adam steps on Conv2d 32 -> 32 at
+# 8 x 8: 8 missed rounds in 29 calls instead of 4; 12 on Conv2d 128 -> 128: 2 instead of 1.
+_RANKED_TOP = 4
 
 
 def _path(h: Tensor, steps: int, refine: int) -> str:
@@ -147,7 +149,7 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         with torch.no_grad():
             if path == "direct":
                 return certify_direct(h, v, levels)
-            return certify_ranked(h, v, levels, top if h.shape[-1] <= _RANKED_SIDE else min(top, _RANKED_TOP))
+            return certify_ranked(h, v, levels, min(top, _RANKED_TOP))
     with torch.no_grad():
         # Keep a share of a fixed generic vector in the warm start: a top eigenvector the previous
         # steps did not see (another group, another symmetry class overtaking the old top) then
