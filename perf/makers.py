@@ -83,9 +83,9 @@ def make_bjorck(provider: str, n: int | tuple[int, int], device: str) -> Callabl
     """Björck forward + backward of an n x n weight, or of an (m, n) one when ``n`` is a tuple: the
     training weight ``bjorck(W / sigma_max(W))``, the division differentiable, as every provider's.
 
-    liptriton: what a training forward of the library runs (eagerly on a CPU the steps through one
-    eigendecomposition, :func:`~liptriton.ops.bjorck_eigh.bjorck_eigh`, which divides by the exact
-    ``sigma_max``; elsewhere ``u^T W v`` with the exact top pair, then Gram space where
+    liptriton: what a training forward of the library runs (on a CPU, eager or compiled, the steps
+    through one eigendecomposition, :func:`~liptriton.ops.bjorck_eigh.bjorck_eigh`, which divides by
+    the exact ``sigma_max``; elsewhere ``u^T W v`` with the exact top pair, then Gram space where
     :func:`ops.gram_pays`); torch-ref: ``u^T W v``, then the direct iteration
     :func:`ops.bjorck_reference` (the op before Gram space). The pair is computed once (SVD)."""
     torch.manual_seed(0)

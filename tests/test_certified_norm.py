@@ -10,9 +10,9 @@ from torch import nn
 
 import liptriton
 import liptriton.bounds.certified_norm as certified_norm
+from liptriton.bounds import conv_fourier
 from liptriton.bounds.certified_divisor import certified_sigma
 from liptriton.bounds.certified_norm import certify_top_eigenvalue, lanczos_top
-from liptriton.bounds import conv_fourier
 from liptriton.bounds.conv_fourier import fourier_blocks, fourier_gram, fourier_plan
 from liptriton.bounds.conv_operator import ConvSpec
 from tests._measure import exact_conv_norm

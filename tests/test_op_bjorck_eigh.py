@@ -40,9 +40,12 @@ def test_equals_the_direct_iteration_on_the_normalized_weight(shape, n_iters, or
     torch.testing.assert_close((x.mT @ top.unsqueeze(-1)).squeeze(-1).norm(dim=-1), sigma, rtol=1e-9, atol=0)
 
 
+GRAD_SHAPES = {"wide": (5, 23), "tall": (23, 5), "batch": (2, 4, 9), "square": (8, 8)}
+
+
 @pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "loop"])
 @pytest.mark.parametrize("order", [1, 2, 4])
-@pytest.mark.parametrize("shape", [(5, 23), (23, 5), (2, 4, 9), (8, 8)], ids=["wide", "tall", "batch", "square"])
+@pytest.mark.parametrize("shape", GRAD_SHAPES.values(), ids=GRAD_SHAPES.keys())
 def test_gradient_equals_autograd_of_the_direct_iteration(shape, order, stacked, monkeypatch):
     # both ways to the divided differences: every step at once (small sides), one step at a time
     monkeypatch.setattr(eigh_module, "_STACK_SIDE", 10**6 if stacked else 0)
@@ -53,7 +56,8 @@ def test_gradient_equals_autograd_of_the_direct_iteration(shape, order, stacked,
     b = w.clone().requires_grad_(True)
     (gb,) = torch.autograd.grad(_reference(b, 9, order), b, g)
     torch.testing.assert_close(ga, gb, rtol=1e-7, atol=1e-10)
-    assert torch.autograd.gradcheck(lambda x: bjorck_eigh(x, 3, order)[0], (w[..., :4, :6].clone().requires_grad_(True),))
+    small = w[..., :4, :6].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: bjorck_eigh(x, 3, order)[0], (small,))
 
 
 def test_degenerate_spectrum_has_a_finite_gradient():
@@ -119,7 +123,8 @@ def test_parametrization_trains_through_it_and_keeps_the_pair(layer, monkeypatch
     for _ in range(5):
         opt.zero_grad()
         wb = p.layout.to_batch(layer.parametrizations.weight.original.detach()).double()
-        layer(torch.randn(4, *((48,) if isinstance(layer, torch.nn.Linear) else (3, 10, 10)))).square().sum().backward()
+        shape = (48,) if isinstance(layer, torch.nn.Linear) else (3, 10, 10)
+        layer(torch.randn(4, *shape)).square().sum().backward()
         opt.step()
     assert len(calls) == 5
     # the stored pair is the exact top singular pair of the parameter the last forward saw
@@ -143,7 +148,8 @@ def test_opcheck_of_the_compiled_graphs_ops(transposed):
     torch.library.opcheck(torch.ops.liptriton.bjorck_eigh_backward, (dq, x, *saved, [1.5, -0.5]))
 
 
-@pytest.mark.parametrize("make", [lambda: torch.nn.Linear(40, 12), lambda: torch.nn.Conv2d(1, 8, 3)], ids=["wide", "tall"])
+@pytest.mark.parametrize("make", [lambda: torch.nn.Linear(40, 12), lambda: torch.nn.Conv2d(1, 8, 3)],
+                         ids=["wide", "tall"])
 def test_compiled_layer_calls_the_ops_and_matches_eager(make):
     torch.manual_seed(0)
     lin = liptriton.bjorck(make())
