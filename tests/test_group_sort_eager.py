@@ -11,7 +11,8 @@ import torch
 
 gs_ops = importlib.import_module("liptriton.ops.group_sort")
 
-CASES = [((7, 2), 1), ((4, 6, 3, 3), 1), ((5, 3, 6), -1), ((6, 7), 0), ((2, 4, 3, 2, 2), 1)]
+CASES = [((7, 2), 1), ((4, 6, 3, 3), 1), ((5, 3, 6), -1), ((6, 7), 0), ((2, 4, 3, 2, 2), 1), ((0, 4), 1),
+         ((3, 2, 1, 1), 1)]  # an empty batch, a 1x1 map
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.5])

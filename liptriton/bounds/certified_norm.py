@@ -71,17 +71,18 @@ def _path(h: Tensor, steps: int, refine: int) -> str:
     """Which path certifies ``h`` (a decision on shapes, device and mode; no host synchronization).
 
     "direct" (:func:`~liptriton.bounds.certified_direct.certify_direct`) for a small CPU batch
-    (at most 32 matrices; in a compiled or converging call up to 128 small ones);
+    (at most 32 matrices; in a converging call up to 128 small ones);
     "ranked" (:func:`~liptriton.bounds.certified_direct.certify_ranked`) for a larger CPU batch
-    in an eager warm call; else "lanczos" (CUDA, where ``eigvalsh`` synchronizes with the host;
-    ``torch.compile``, which the ranked path's rounds would break; converging calls).
+    in a warm call; else "lanczos" (CUDA, where ``eigvalsh`` synchronizes with the host;
+    converging calls). A compiled CPU graph reaches this eagerly, inside the opaque op
+    ``liptriton::certify_top_eigenvalue``.
     """
     if h.device.type != "cpu":
         return "lanczos"
     batch, side = h.shape[0], h.shape[-1]
     if batch <= _DIRECT_BATCH:
         return "direct"
-    if steps > 0 and refine <= 1 and not torch.compiler.is_compiling():
+    if steps > 0 and refine <= 1:
         return "ranked"  # measured (warm, one thread): 60 complex blocks of side 32 3.4 ms against
         # direct's 4.8, 120 of side 32 4.6 against 9.1, 60 of side 64 11.7 against 24.9
     if batch <= _DIRECT_WORK[0] and batch * side**3 <= _DIRECT_WORK[1]:
@@ -121,9 +122,9 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
 
     On a CPU, LAPACK's eigensolver replaces Lanczos (:mod:`liptriton.bounds.certified_direct`): a
     small batch (``batch <= 32``, or ``batch <= 128`` and ``batch * q^3 <= 2^24``) by ``eigvalsh``
-    of every matrix; a larger one, in an eager warm call (``steps > 0``, ``refine <= 1``), by
-    ``eigvalsh`` of the ``top`` matrices ranked by their vectors and of those whose factorization
-    then fails. One batched Cholesky proves the level; inverse iteration gives the vectors
+    of every matrix; a larger one, in a warm call (``steps > 0``, ``refine <= 1``; eager, or
+    compiled through the op), by ``eigvalsh`` of at most 4 of the ``top`` matrices ranked by
+    their vectors and of those whose factorization then fails. One batched Cholesky proves the level; inverse iteration gives the vectors
     (``steps``, ``refine`` and ``power`` then do not apply: the bound is at the tightest level).
 
     Returns:

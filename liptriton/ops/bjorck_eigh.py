@@ -88,52 +88,42 @@ def _trajectory(y: Tensor, steps: int, coeffs: tuple[float, ...]) -> tuple[Tenso
     return torch.stack(ys), torch.stack(qs), torch.stack(hs)
 
 
+def _step_factors(y: Tensor, q: Tensor, coeffs: tuple[float, ...]) -> tuple[Tensor | float, Tensor]:
+    """``([q](a, b), [psi](a, b))`` at the pairs of ``y`` (any leading dimensions: one step or the
+    stack of them), ``q = q(y)``: ``[psi](a, b) = q(b)^2 + a (q(a) + q(b)) [q](a, b)`` for
+    ``psi(y) = y q(y)^2``; ``[q]`` by Horner (``[c + y r](a, b) = r(b) + a [r](a, b)``), the constant
+    ``c_1`` for order 1."""
+    a, qa, qb = y[..., :, None], q[..., :, None], q[..., None, :]
+    if len(coeffs) == 2:
+        return coeffs[1], torch.addcmul(qb.square(), a, qa + qb, value=coeffs[1])
+    dq, tail = torch.zeros_like(a * qb), torch.full_like(y, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        dq = torch.addcmul(tail[..., None, :], a, dq)
+        tail = tail * y + c
+    return dq, torch.addcmul(qb.square(), a * (qa + qb), dq)
+
+
 def _divided_differences(ys: Tensor, qs: Tensor, hs: Tensor, coeffs: tuple[float, ...]) -> Tensor:
     """``[h](y_i, y_j)`` for all pairs (batch, S, S) from the trajectory; the diagonal is
     ``h'(y_i)``. No ``1 / (y_i - y_j)``: by the chain and product rules through the steps,
-
-    ``[y_{k+1}] = T_k [y_k]`` with ``T_k = [psi](y_k(a), y_k(b))``, ``psi(y) = y q(y)^2``, so
-    ``[psi](a, b) = q(b)^2 + a (q(a) + q(b)) [q](a, b)``; and ``[h_{k+1}] = [h_k] q(y_k(b)) +
-    h_k(a) [q]_k [y_k]``, so ``[h_n] = sum_k h_k(a) [q]_k [y_k] prod_{j > k} q(y_j(b))``.
-    ``[q]`` by Horner (``[c + y r](a, b) = r(b) + a [r](a, b)``); every step at once (stacked).
-    """
+    ``[y_{k+1}] = [psi]_k [y_k]`` and ``[h_{k+1}] = [h_k] q(y_k(b)) + h_k(a) [q]_k [y_k]``, so
+    ``[h_n] = sum_k h_k(a) [q]_k [y_k] prod_{j > k} q(y_j(b))`` (:func:`_step_factors`). Up to
+    side 64 every step at once (stacked: few ops); above, one step at a time in place (a few
+    S x S matrices live instead of stacks of ``n_iters``: network (a) of perf/, whose 256 x 1568
+    weight takes it, had its eager step's peak tensor memory at 53.4 MB stacked, 33.0 MB so; 42.3
+    MB before this path, 34.6 MB for the unconstrained network)."""
     if ys.shape[-1] > _STACK_SIDE:
-        return _divided_differences_loop(ys, qs, hs, coeffs)
-    a, qa, qb = ys[..., :, None], qs[..., :, None], qs[..., None, :]
-    if len(coeffs) == 2:  # order 1: [q] is the constant c_1
-        dq: Tensor | float = coeffs[1]
-        t = torch.addcmul(qb.square(), a, qa + qb, value=coeffs[1])
-    else:
-        dq, tail = torch.zeros_like(a * qb), torch.full_like(ys, coeffs[-1])
-        for c in reversed(coeffs[:-1]):
-            dq = torch.addcmul(tail[..., None, :], a, dq)
-            tail = tail * ys + c
-        t = torch.addcmul(qb.square(), a * (qa + qb), dq)
+        dy = torch.ones(ys.shape[1:] + ys.shape[-1:], dtype=ys.dtype, device=ys.device)
+        dh = torch.zeros_like(dy)
+        for y, q, h in zip(ys, qs, hs):
+            dq, t = _step_factors(y, q, coeffs)
+            dh.mul_(q[..., None, :]).addcmul_(h[..., :, None] * dq, dy)
+            dy.mul_(t)
+        return dh
+    dq, t = _step_factors(ys, qs, coeffs)
     dy = torch.cumprod(torch.cat([torch.ones_like(t[:1]), t[:-1]]), 0)  # [y_k], k = 0 .. n - 1
     later = torch.cat([torch.ones_like(qs[:1]), qs.flip(0)[:-1]]).cumprod(0).flip(0)  # prod_{j > k} q_j
     return ((hs[..., :, None] * later[..., None, :]) * dq * dy).sum(0)
-
-
-def _divided_differences_loop(ys: Tensor, qs: Tensor, hs: Tensor, coeffs: tuple[float, ...]) -> Tensor:
-    """:func:`_divided_differences` one step at a time, in place: a few S x S matrices live instead
-    of stacks of ``n_iters`` of them (network (a) of perf/, whose 256 x 1568 weight takes it: the
-    eager training step's peak tensor memory 53.4 -> 33.0 MB; 42.3 MB before this path, 34.6 MB
-    for the unconstrained network)."""
-    dy = torch.ones(ys.shape[1:] + ys.shape[-1:], dtype=ys.dtype, device=ys.device)
-    dh = torch.zeros_like(dy)
-    for y, q, h in zip(ys, qs, hs):
-        a, qa, qb = y[..., :, None], q[..., :, None], q[..., None, :]
-        if len(coeffs) == 2:
-            dh.mul_(qb).addcmul_(h[..., :, None], dy, value=coeffs[1])
-            dy.mul_(torch.addcmul(qb.square(), a, qa + qb, value=coeffs[1]))
-        else:
-            dq, tail = torch.zeros_like(dy), torch.full_like(y, coeffs[-1])
-            for c in reversed(coeffs[:-1]):
-                dq = torch.addcmul(tail[..., None, :], a, dq)
-                tail = tail * y + c
-            dh.mul_(qb).addcmul_(h[..., :, None] * dq, dy)
-            dy.mul_(torch.addcmul(qb.square(), a * (qa + qb), dq))
-    return dh
 
 
 def _forward(x: Tensor, steps: int, coeffs: tuple[float, ...]) -> tuple[Tensor, ...]:

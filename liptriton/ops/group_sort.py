@@ -74,6 +74,18 @@ def _grouped_shape(x: Tensor, group_size: int, dim: int) -> tuple[int, ...]:
     return (*x.shape[:dim], x.shape[dim] // group_size, group_size, *x.shape[dim + 1:])
 
 
+def _swaps(v: Tensor, dim: int) -> Tensor:
+    """Where a group of 2 (dimension ``dim + 1`` of ``v``) is strictly out of order (ties stay)."""
+    a, b = v.unbind(dim + 1)
+    return a > b
+
+
+def _exchange(v: Tensor, swap: Tensor, dim: int) -> Tensor:
+    """Exchange the two entries of each group of 2 (dimension ``dim + 1`` of ``v``) where ``swap``."""
+    a, b = v.unbind(dim + 1)
+    return torch.stack((torch.where(swap, b, a), torch.where(swap, a, b)), dim + 1)
+
+
 def group_sort_reference(x: Tensor, group_size: int | None = None, dim: int = 1,
                          scale: float = 1.0) -> Tensor:
     """Pure-torch GroupSort: sort groups of ``group_size`` consecutive entries along ``dim``, times ``scale``.
@@ -99,9 +111,7 @@ def group_sort_reference(x: Tensor, group_size: int | None = None, dim: int = 1,
         return x * scale
     v = x.reshape(_grouped_shape(x, group_size, dim))
     if group_size == 2:
-        a, b = v.unbind(dim + 1)
-        swap = a > b
-        y = torch.stack((torch.where(swap, b, a), torch.where(swap, a, b)), dim + 1)
+        y = _exchange(v, _swaps(v, dim), dim)
     else:
         y = torch.sort(v, dim=dim + 1, stable=True).values
     return (y * scale).reshape(x.shape)
@@ -132,10 +142,7 @@ def group_sort_backward_reference(grad: Tensor, x: Tensor, group_size: int, dim:
         return grad * scale
     v = x.reshape(shape)
     if group_size == 2:
-        a, b = v.unbind(dim + 1)
-        g_lo, g_hi = g.unbind(dim + 1)
-        swap = a > b
-        dx = torch.stack((torch.where(swap, g_hi, g_lo), torch.where(swap, g_lo, g_hi)), dim + 1)
+        dx = _exchange(g, _swaps(v, dim), dim)  # an exchange is its own inverse
     else:
         perm = torch.sort(v, dim=dim + 1, stable=True).indices
         dx = torch.zeros_like(g).scatter(dim + 1, perm, g)
@@ -172,10 +179,7 @@ def _apply_sort_permutation(v: Tensor, x: Tensor, group_size: int, dim: int, sca
     shape = _grouped_shape(x, group_size, dim)
     w, xg = v.reshape(shape), x.reshape(shape)
     if group_size == 2:
-        a, b = xg.unbind(dim + 1)
-        va, vb = w.unbind(dim + 1)
-        swap = a > b
-        out = torch.stack((torch.where(swap, vb, va), torch.where(swap, va, vb)), dim + 1)
+        out = _exchange(w, _swaps(xg, dim), dim)
     else:
         out = torch.gather(w, dim + 1, torch.sort(xg, dim=dim + 1, stable=True).indices)
     return (out * scale).reshape(x.shape)
@@ -249,18 +253,17 @@ class _GroupSort2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, dim: int, scale: float) -> Tensor:
-        a, b = x.reshape(_grouped_shape(x, 2, dim)).unbind(dim + 1)
-        swap = a > b
+        v = x.reshape(_grouped_shape(x, 2, dim))
+        swap = _swaps(v, dim)
         ctx.save_for_backward(swap)
         ctx.dim, ctx.scale = dim, scale
-        y = torch.stack((torch.where(swap, b, a), torch.where(swap, a, b)), dim + 1).reshape(x.shape)
+        y = _exchange(v, swap, dim).reshape(x.shape)
         return y if scale == 1.0 else y * scale
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (swap,) = ctx.saved_tensors
-        lo, hi = grad.reshape(_grouped_shape(grad, 2, ctx.dim)).unbind(ctx.dim + 1)
-        dx = torch.stack((torch.where(swap, hi, lo), torch.where(swap, lo, hi)), ctx.dim + 1).reshape(grad.shape)
+        dx = _exchange(grad.reshape(_grouped_shape(grad, 2, ctx.dim)), swap, ctx.dim).reshape(grad.shape)
         return (dx if ctx.scale == 1.0 else dx * ctx.scale), None, None
 
 
