@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["MARGIN", "apply", "dot", "frobenius", "generic"]
+__all__ = ["MARGIN", "apply", "dot", "factorize", "frobenius", "generic", "solve"]
 
 MARGIN = 1e-9  # float64 rounding of the Gram product and of the Cholesky factorization
 
@@ -30,6 +30,31 @@ def apply(h: Tensor, v: Tensor) -> Tensor:
         torch.Size([3, 2])
     """
     return (h @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def factorize(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Cholesky factors ``a_i = U_i^H U_i`` of a batch of Hermitian matrices and LAPACK's info
+    (0 where ``a_i`` is positive definite: the certificate's proof). The upper factor: on a CPU
+    torch copies the input's triangle into the factor 20-27 % faster than the lower one for
+    complex matrices (480 complex128 blocks of side 32: 3.3 against 4.4 ms; real: equal).
+
+    Examples:
+        >>> u, info = factorize(4 * torch.eye(2, dtype=torch.float64)[None])
+        >>> u[0, 0, 0].item(), info.tolist()
+        (2.0, [0])
+    """
+    return torch.linalg.cholesky_ex(a, upper=True)
+
+
+def solve(v: Tensor, u: Tensor) -> Tensor:
+    """``a_i^-1 v_i`` from the factors ``u`` of :func:`factorize` (batch of vectors (batch, q)).
+
+    Examples:
+        >>> u, _ = factorize(4 * torch.eye(2, dtype=torch.float64)[None])
+        >>> solve(torch.ones(1, 2, dtype=torch.float64), u).tolist()
+        [[0.25, 0.25]]
+    """
+    return torch.cholesky_solve(v.unsqueeze(-1), u, upper=True).squeeze(-1)
 
 
 def frobenius(h: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from liptriton.bounds._gram_ops import MARGIN, apply, dot, frobenius, generic
+from liptriton.bounds._gram_ops import MARGIN, apply, dot, factorize, frobenius, generic, solve
 
 __all__ = ["certify_direct", "certify_ranked", "prove_level"]
 
@@ -60,7 +60,7 @@ def certify_direct(h: Tensor, v: Tensor, levels: tuple[float, ...]) -> tuple[Ten
     i = lams.argmax().reshape(1)
     mu = lams.index_select(0, i).squeeze(0) * (levels[0] ** 2) * (1 + MARGIN) + 1e-300
     eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
-    factor, info = torch.linalg.cholesky_ex(mu * eye - h)
+    factor, info = factorize(mu * eye - h)
     ok = (info == 0) & finite
     each = torch.where(ok, mu, fro)
     top = torch.where(ok.index_select(0, i)[:, None, None], factor.index_select(0, i), eye)
@@ -158,7 +158,7 @@ def prove_level(h: Tensor, lam: Tensor, level: float, refine: Callable[[Tensor],
     scale = level**2 * (1 + MARGIN)
     eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
     mu = lam * scale + 1e-300
-    factor, info = torch.linalg.cholesky_ex(mu * eye - h)
+    factor, info = factorize(mu * eye - h)
     refined = [torch.zeros(0, dtype=torch.long, device=h.device)]
     for _ in range(rounds):
         missed = (info != 0).nonzero().flatten()
@@ -166,7 +166,7 @@ def prove_level(h: Tensor, lam: Tensor, level: float, refine: Callable[[Tensor],
             break
         lam = torch.maximum(lam, refine(missed))
         mu = lam * scale + 1e-300
-        again, again_info = torch.linalg.cholesky_ex(mu * eye - h.index_select(0, missed))
+        again, again_info = factorize(mu * eye - h.index_select(0, missed))
         factor, info = factor.index_copy(0, missed, again), info.index_copy(0, missed, again_info)
         refined.append(missed)
     return mu, factor, info, torch.cat(refined)
@@ -177,5 +177,5 @@ def _inverse_steps(h: Tensor, v: Tensor, factor: Tensor, steps: int) -> Tensor:
     ``mu I - h`` (batch of the vectors'), from ``v`` plus a share of a generic vector."""
     v = F.normalize(v, dim=-1, eps=1e-300) + 0.1 * F.normalize(generic(h.shape[-1], 1.6180339887, h), dim=0)
     for _ in range(steps):
-        v = F.normalize(torch.cholesky_solve(v.unsqueeze(-1), factor).squeeze(-1), dim=-1, eps=1e-300)
+        v = F.normalize(solve(v, factor), dim=-1, eps=1e-300)
     return v

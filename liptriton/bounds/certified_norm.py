@@ -35,8 +35,10 @@ from torch import Tensor
 from liptriton.bounds._gram_ops import MARGIN as _MARGIN
 from liptriton.bounds._gram_ops import apply as _apply
 from liptriton.bounds._gram_ops import dot as _dot
+from liptriton.bounds._gram_ops import factorize as _factorize
 from liptriton.bounds._gram_ops import frobenius as _frobenius
 from liptriton.bounds._gram_ops import generic as _generic
+from liptriton.bounds._gram_ops import solve as _solve
 from liptriton.bounds.certified_direct import certify_direct, certify_ranked, prove_level
 from liptriton.bounds.lanczos import lanczos_top
 
@@ -182,12 +184,12 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         # diagonal only; the (tighter) Frobenius norm is computed for the retested matrices.
         trace = h.diagonal(dim1=-2, dim2=-1).real.sum(-1)
         mu = ritz.max() * (levels[0] ** 2) * (1 + _MARGIN) + 1e-300
-        factor, info = torch.linalg.cholesky_ex(mu * eye - h)
+        factor, info = _factorize(mu * eye - h)
         ok = info == 0
         if refine:
             # Inverse iteration with the shift mu > lambda_max (where the factorization exists):
             # the top eigenvector's weight grows by (mu - lambda_2) / (mu - lambda_1) per step.
-            vi = torch.cholesky_solve(v.unsqueeze(-1), factor).squeeze(-1)  # garbage where it failed:
+            vi = _solve(v, factor)  # garbage where it failed:
             v = torch.where(ok[:, None], F.normalize(vi, dim=-1, eps=1e-300), v)  # ... not used there
         each = torch.where(ok, mu, trace)
         if len(levels) > 1:
@@ -201,7 +203,7 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
             lam = torch.maximum(ritz.max(), _dot(vs, _apply(sub, vs)).max())
             # every level at once: one batched factorization of (levels x retested) matrices
             mus = lam * torch.tensor([c * c for c in levels], dtype=lam.dtype, device=h.device) * (1 + _MARGIN) + 1e-300
-            passed = torch.linalg.cholesky_ex(mus[:, None, None, None] * eye - sub).info == 0  # (levels, n)
+            passed = _factorize(mus[:, None, None, None] * eye - sub)[1] == 0  # (levels, n)
             fro = torch.minimum(_frobenius(sub), trace[idx])  # lambda_max <= ||H||_F
             best = torch.where(passed, mus[:, None].expand_as(passed), fro.expand_as(passed)).amin(0)
             best = torch.minimum(best, fro)
@@ -211,11 +213,11 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
             # Converging: inverse iteration with a shift just above the proven bound (so the
             # factorization exists), then certify the refined estimate, which passes at 1e-6.
             shift = bound * (1 + 1e-9)
-            factor, info = torch.linalg.cholesky_ex(shift * eye - h)
+            factor, info = _factorize(shift * eye - h)
             good = (info == 0)[:, None]
             factor = torch.where(good[..., None], factor, eye)
             for _ in range(refine):
-                vi = torch.cholesky_solve(v.unsqueeze(-1), factor).squeeze(-1)
+                vi = _solve(v, factor)
                 v = torch.where(good, F.normalize(vi, dim=-1, eps=1e-300), v)
             again, v = certify_top_eigenvalue(h, v, 0, levels, top, refine=0)
             bound = torch.minimum(bound, again)
@@ -258,7 +260,7 @@ def _converge_top(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...], t
     # one inverse-iteration step with the proving factors of the top matrices: the next call's
     # warm start (the others' vectors come from the ranking; a solve costs several matrix passes)
     idx = _dot(v, _apply(h, v)).topk(min(top, h.shape[0])).indices
-    vi = torch.cholesky_solve(v[idx].unsqueeze(-1), factor[idx]).squeeze(-1)
+    vi = _solve(v[idx], factor[idx])
     v = F.normalize(v, dim=-1, eps=1e-300).index_copy(0, idx, F.normalize(vi, dim=-1, eps=1e-300))
     return mu * (1 + _MARGIN), v, True
 

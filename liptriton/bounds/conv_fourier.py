@@ -51,8 +51,11 @@ class FourierPlan:
             phases a tap does not belong to.
         pairs: (C, T * T) float64: which class (lag, and for the input side the block) each tap
             pair (t, t') adds to, for :func:`fourier_gram`.
-        lags: (2, F, C) float64 cos/sin of each class's lag per frequency.
-        blocks: (C, phases * phases) float64 one-hot block of each class (input side).
+        place: (C,) where each class goes in the dense lag grid (flattened ``(L_1, ..., L_nd)``,
+            times ``(phases, phases)`` on the input side).
+        lag_shape: ``L_i``, the number of lags per dimension (a contiguous range each).
+        dfts: per dimension, the complex128 table ``exp(+-i 2 pi f l / grid)`` (F_i, L_i) that
+            :func:`fourier_gram` contracts that dimension's lags with.
     """
 
     groups: int
@@ -64,8 +67,9 @@ class FourierPlan:
     size: int
     table: Tensor
     pairs: Tensor
-    lags: Tensor
-    blocks: Tensor
+    place: Tensor
+    lag_shape: tuple[int, ...]
+    dfts: tuple[Tensor, ...]
 
     @property
     def frequencies(self) -> int:
@@ -137,11 +141,11 @@ def fourier_plan(spec: ConvSpec, weight_shape: tuple[int, ...], input_size: tupl
     co, ci = weight_shape[0], weight_shape[1]
     rows, cols = co // spec.groups, ci * phases
     wide = cols > rows
-    pairs, lags, blocks = _pair_classes(spec, kernel, grid, freqs, wide, used.tolist())
+    pairs, place, lag_shape, dfts = _pair_classes(spec, kernel, grid, freqs, wide, used.tolist())
     dev = device or torch.device("cpu")
     return FourierPlan(groups=spec.groups, phases=phases, grid=grid, gather=gather, exact=exact, wide=wide,
-                       size=2 * min(rows, cols), table=table.to(dev), pairs=pairs.to(dev), lags=lags.to(dev),
-                       blocks=blocks.to(dev))
+                       size=2 * min(rows, cols), table=table.to(dev), pairs=pairs.to(dev), place=place.to(dev),
+                       lag_shape=lag_shape, dfts=tuple(d.to(dev) for d in dfts))
 
 
 def _pair_classes(spec: ConvSpec, kernel: tuple[int, ...], grid: tuple[int, ...], freqs: list[Tensor],
@@ -171,17 +175,23 @@ def _pair_classes(spec: ConvSpec, kernel: tuple[int, ...], grid: tuple[int, ...]
     pairs = torch.zeros(len(keys), n_taps * n_taps, dtype=torch.float64)
     for c, pu in members:
         pairs[c, pu] = 1.0
-    blocks = torch.zeros(len(keys), phases * phases, dtype=torch.float64)
-    lag = torch.zeros(len(keys), nd, dtype=torch.float64)
-    for key, c in keys.items():
-        lag[c] = torch.tensor(key[0], dtype=torch.float64)
-        if not wide:
-            blocks[c, key[1] * phases + key[2]] = 1.0
-    angle = torch.zeros(1, len(keys), dtype=torch.float64)
+    lag = torch.tensor([key[0] for key in keys], dtype=torch.long).reshape(len(keys), nd)
+    low = lag.amin(0)
+    lag_shape = tuple(int(n) for n in lag.amax(0) - low + 1)
+    place = torch.zeros(len(keys), dtype=torch.long)
     for i in range(nd):
-        a = 2 * math.pi * freqs[i][:, None] * lag[None, :, i] / grid[i]  # (F_i, C)
-        angle = (angle[:, None, :] + a[None, :, :]).flatten(0, 1)
-    return pairs, torch.stack([angle.cos(), angle.sin()]), blocks
+        place = place * lag_shape[i] + (lag[:, i] - low[i])
+    if not wide:  # and the (phase_t, phase_t') block
+        pt = torch.tensor([key[1] for key in keys], dtype=torch.long)
+        pu = torch.tensor([key[2] for key in keys], dtype=torch.long)
+        place = (place * phases + pt) * phases + pu
+    sign = -1.0 if wide else 1.0  # K K^H sums exp(-i <w, lag>), K^H K exp(+i <w, lag>)
+    dfts = []
+    for i in range(nd):
+        lags = torch.arange(lag_shape[i], dtype=torch.float64) + float(low[i])
+        angle = 2 * math.pi * freqs[i][:, None] * lags[None, :] / grid[i]  # (F_i, L_i)
+        dfts.append(torch.polar(torch.ones_like(angle), sign * angle))
+    return pairs, place, lag_shape, dfts
 
 
 def _complex_blocks(plan: FourierPlan, weight: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -210,9 +220,13 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
     eigenvector ``[x; y]`` of the embedding is ``x + i y``), at half the side.
 
     ``K^H K = sum_{t,t'} W_t^T W_t' exp(i <w, j_t - j_t'>)``: the Gram of every tap pair (one
-    GEMM), summed per lag (a second), then one GEMM with the lags' cos/sin tables gives every
-    frequency at once (instead of one small product per frequency). Output side
-    (``K K^H``) alike, with the pairs of one phase.
+    GEMM), summed per lag (a second), then the lags' discrete Fourier transform one dimension at
+    a time (a complex GEMM per dimension against that dimension's lag range, 5 lags for a 3 x 3
+    kernel), which writes every frequency's complex block at once. Output side (``K K^H``) alike,
+    with the pairs of one phase. Measured against one real GEMM per part over every (lag,
+    frequency) pair plus the complex interleave (one thread): 480 blocks of side 32 (a 32 -> 32
+    conv at 28 x 28) 4.1 -> 1.6 ms; 180 of side 64 5.5 -> 4.3 ms; 60 of side 32 and of side 128
+    equal (the tap pairs' Gram dominates).
 
     Args:
         plan: from :func:`fourier_plan`.
@@ -232,16 +246,21 @@ def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
         side = ci
         a = wt.permute(0, 3, 2, 1).reshape(g, taps * side, co // g)
     cls = _lag_grams(a.reshape(g, taps, side, -1), plan.pairs.to(weight.dtype))  # (G, C, side^2)
-    lags = plan.lags.to(weight.dtype)  # (2, F, C)
-    if plan.wide:
-        hr, hi = lags[0] @ cls, -(lags[1] @ cls)  # (G, F, side^2)
-        hr, hi = hr.reshape(g, -1, side, side), hi.reshape(g, -1, side, side)
-    else:  # place each class in its (phase_t, phase_t') block; columns ordered (channel, phase)
-        cls = (cls[:, :, None, :] * plan.blocks.to(weight.dtype)[None, :, :, None]).flatten(2)
-        hr, hi = lags[0] @ cls, lags[1] @ cls  # (G, F, phases^2 * ci^2)
-        hr, hi = (x.reshape(g, -1, phases, phases, ci, ci).permute(0, 1, 4, 2, 5, 3)
-                  .reshape(g, -1, ci * phases, ci * phases) for x in (hr, hi))
-    return torch.complex(hr.flatten(0, 1), hi.flatten(0, 1))
+    cls = cls.to(torch.promote_types(weight.dtype, torch.complex64))
+    lag_shape = plan.lag_shape
+    cells = math.prod(lag_shape) * (1 if plan.wide else phases * phases)
+    dense = cls.new_zeros(g, cells, side * side).index_copy_(1, plan.place, cls)
+    if not plan.wide:  # rows and columns ordered (channel, phase)
+        dense = (dense.reshape(g, -1, phases, phases, ci, ci).permute(0, 1, 4, 2, 5, 3)
+                 .reshape(g, cells // (phases * phases), -1))
+    # one dimension's lags at a time, the last first: (G, L_1..L_i, F_i+1..F_nd, R) -> (.., F_i, ..)
+    x, done = dense, 1
+    for i in reversed(range(len(lag_shape))):
+        dft = plan.dfts[i].to(x.dtype)
+        x = torch.matmul(dft, x.reshape(-1, lag_shape[i], done * side * side * (1 if plan.wide else phases**2)))
+        done *= dft.shape[0]
+    n = side * (1 if plan.wide else phases)
+    return x.reshape(-1, n, n)
 
 
 # Work ((taps * side)^2 * n) up to which the tap pairs' Gram is one GEMM: network (c)'s 32 -> 32
