@@ -206,16 +206,36 @@ def test_compiled_graphs_call_the_eager_certificate_as_one_op(dtype):
     args = (h, v, 8, [1 + 1e-6, 1 + 1e-3], 16, 1, 1)
     torch.library.opcheck(torch.ops.liptriton.certify_top_eigenvalue, args,
                           test_utils=("test_schema", "test_faketensor"))
-    bound, _ = torch.ops.liptriton.certify_top_eigenvalue(*args)
-    top = torch.linalg.eigvalsh(h).max()
+    bound, _, i = torch.ops.liptriton.certify_top_eigenvalue(*args)
+    tops = torch.linalg.eigvalsh(h)[..., -1]
+    top = tops.max()
     assert top <= bound <= top * (1 + 3e-6)  # the eager (ranked) path's tightness
+    assert tops[i] >= top * (1 - 1e-5)  # the index of the top matrix
     seen = []
 
     def backend(gm, example_inputs):
         seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
         return gm
 
-    compiled = torch.compile(lambda h, v: certify_top_eigenvalue(h, v, 8), backend=backend, fullgraph=True)
-    bound_c, _ = compiled(h, v)
+    compiled = torch.compile(lambda h, v: certify_top_eigenvalue(h, v, 8, index=True), backend=backend,
+                             fullgraph=True)
+    bound_c, _, i_c = compiled(h, v)
     assert any("liptriton.certify_top_eigenvalue" in t for t in seen), seen
-    assert bound_c == certify_top_eigenvalue(h, v, 8)[0]
+    assert bound_c == certify_top_eigenvalue(h, v, 8)[0] and i_c == i
+
+
+@pytest.mark.parametrize("batch, refine", [(8, 1), (60, 1), (200, 3)], ids=["direct", "ranked", "lanczos"])
+def test_certificate_index_is_the_top_block(batch, refine):
+    """The index the certificate returns (the divisor's gradient block) is the matrix holding the
+    largest eigenvalue, on every path, from a random (unconverged) warm start."""
+    g = torch.Generator().manual_seed(batch)
+    a = torch.randn(batch, 12, 10, dtype=torch.complex128, generator=g)
+    h = a.mH @ a
+    top = torch.linalg.eigvalsh(h)[..., -1]
+    v = torch.randn(batch, 10, dtype=torch.complex128, generator=g)
+    bound, v_new, i = certify_top_eigenvalue(h, v, 8, refine=refine, index=True)
+    assert i.dim() == 0 and i.dtype == torch.long
+    assert float(top[i]) >= float(top.max()) * (1 - 1e-5)
+    assert float(top.max()) <= float(bound) <= float(top.max()) * 1.003
+    bound2, v2 = certify_top_eigenvalue(h, v, 8, refine=refine)  # without the index: same result
+    assert float(bound2) == float(bound) and torch.equal(v2, v_new)

@@ -44,12 +44,13 @@ def certify_direct(h: Tensor, v: Tensor, levels: tuple[float, ...]) -> tuple[Ten
         levels: relative levels on ``sqrt(lambda)``; only the tightest is used.
 
     Returns:
-        ``(bound, v)`` as :func:`liptriton.bounds.certified_norm.certify_top_eigenvalue`'s.
+        ``(bound, v, index)`` as :func:`liptriton.bounds.certified_norm.certify_top_eigenvalue`'s
+        with ``index=True``: ``index`` is the matrix with the largest top eigenvalue (0-d).
 
     Examples:
         >>> a = torch.randn(3, 5, 4, dtype=torch.float64)
         >>> h = a.mT @ a
-        >>> bound, _ = certify_direct(h, torch.randn(3, 4, dtype=torch.float64), (1 + 1e-6,))
+        >>> bound, _, _ = certify_direct(h, torch.randn(3, 4, dtype=torch.float64), (1 + 1e-6,))
         >>> top = torch.linalg.eigvalsh(h).max()
         >>> bool(top <= bound <= top * (1 + 3e-6))
         True
@@ -66,7 +67,7 @@ def certify_direct(h: Tensor, v: Tensor, levels: tuple[float, ...]) -> tuple[Ten
     top = torch.where(ok.index_select(0, i)[:, None, None], factor.index_select(0, i), eye)
     v = v.to(h.dtype)
     vt = _inverse_steps(h, v.index_select(0, i), top, 2)
-    return each.max() * (1 + MARGIN), F.normalize(v, dim=-1, eps=1e-300).index_copy(0, i, vt)
+    return each.max() * (1 + MARGIN), F.normalize(v, dim=-1, eps=1e-300).index_copy(0, i, vt), i.reshape(())
 
 
 def certify_ranked(h: Tensor, v: Tensor, levels: tuple[float, ...], top: int) -> tuple[Tensor, Tensor]:
@@ -84,13 +85,15 @@ def certify_ranked(h: Tensor, v: Tensor, levels: tuple[float, ...], top: int) ->
         top: how many matrices go through ``eigvalsh`` first.
 
     Returns:
-        ``(bound, v)`` as :func:`liptriton.bounds.certified_norm.certify_top_eigenvalue`'s
-        (non-finite for a non-finite matrix).
+        ``(bound, v, index)`` as :func:`liptriton.bounds.certified_norm.certify_top_eigenvalue`'s
+        with ``index=True`` (the bound non-finite for a non-finite matrix); ``index`` is the
+        candidate whose refined vector has the largest Rayleigh quotient (0-d): the top matrix,
+        or one that passed the same level (within the level of it).
 
     Examples:
         >>> a = torch.randn(40, 6, 5, dtype=torch.float64)
         >>> h = a.mT @ a
-        >>> bound, _ = certify_ranked(h, torch.randn(40, 5, dtype=torch.float64), (1 + 1e-6,), 4)
+        >>> bound, _, _ = certify_ranked(h, torch.randn(40, 5, dtype=torch.float64), (1 + 1e-6,), 4)
         >>> top = torch.linalg.eigvalsh(h).max()
         >>> bool(top <= bound <= top * (1 + 3e-6))
         True
@@ -106,7 +109,7 @@ def certify_ranked(h: Tensor, v: Tensor, levels: tuple[float, ...], top: int) ->
     sub = h.index_select(0, idx)
     fro = frobenius(sub)
     if not bool(torch.isfinite(fro).all()):
-        return fro.max(), v
+        return fro.max(), v, idx[0]
     lam = torch.linalg.eigvalsh(sub)[..., -1].max().clamp_min(0)
 
     def exact(missed: Tensor) -> Tensor:  # the failed matrices' top eigenvalue (non-finite: NaN)
@@ -125,7 +128,7 @@ def certify_ranked(h: Tensor, v: Tensor, levels: tuple[float, ...], top: int) ->
     vi = _inverse_steps(h, v.index_select(0, idx), fac, 1)
     first = dot(vi, apply(h.index_select(0, idx), vi)).argmax().reshape(1)
     vi = vi.index_copy(0, first, _inverse_steps(h, vi.index_select(0, first), fac.index_select(0, first), 1))
-    return each.max() * (1 + MARGIN), v.index_copy(0, idx, vi)
+    return each.max() * (1 + MARGIN), v.index_copy(0, idx, vi), idx.index_select(0, first).reshape(())
 
 
 def prove_level(h: Tensor, lam: Tensor, level: float, refine: Callable[[Tensor], Tensor],

@@ -40,6 +40,7 @@ from liptriton.bounds._gram_ops import frobenius as _frobenius
 from liptriton.bounds._gram_ops import generic as _generic
 from liptriton.bounds._gram_ops import solve as _solve
 from liptriton.bounds.certified_direct import certify_direct, certify_ranked, prove_level
+from liptriton.bounds.certified_divisor import top_index
 from liptriton.bounds.lanczos import lanczos_top
 
 __all__ = ["LEVELS", "certify_top_eigenvalue", "lanczos_top"]
@@ -94,7 +95,8 @@ def _path(h: Tensor, steps: int, refine: int) -> str:
 
 def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
                            levels: tuple[float, ...] = LEVELS, top: int = 16,
-                           refine: int = 1, power: int = 1) -> tuple[Tensor, Tensor]:
+                           refine: int = 1, power: int = 1, index: bool = False
+                           ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Return a proven upper bound of ``max_i lambda_max(h_i)`` and the advanced vectors.
 
     Every matrix takes ``power`` power steps, and the ``top`` ones with the largest estimates
@@ -121,6 +123,9 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
             level; the full procedure runs only when a matrix fails it (one host synchronization).
         power: power steps every matrix takes before the ``top`` are chosen (from a random
             start, a few steps rank the matrices by their top eigenvalue rather than by trace).
+        index: also return the matrix whose new vector has the largest Rayleigh quotient (the
+            block a divisor takes its gradient from; the CPU paths know it without another pass
+            over the batch).
 
     On a CPU, LAPACK's eigensolver replaces Lanczos (:mod:`liptriton.bounds.certified_direct`): a
     small batch (``batch <= 32``, or ``batch <= 128`` and ``batch * q^3 <= 2^24``) by ``eigvalsh``
@@ -131,7 +136,8 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
 
     Returns:
         ``(bound, v)``: a 0-d float64 tensor ``>= max_i lambda_max(h_i)``, and the new unit
-        vectors. No host synchronization: levels are chosen with ``torch.where``.
+        vectors (with ``index``: ``(bound, v, i)``, ``i`` a 0-d long tensor). No host
+        synchronization on the Lanczos path: levels are chosen with ``torch.where``.
 
     Examples:
         >>> a = torch.randn(3, 5, 4, dtype=torch.float64)
@@ -145,14 +151,24 @@ def certify_top_eigenvalue(h: Tensor, v: Tensor, steps: int,
         # A compiled graph calls the eager CPU certificate as one opaque op (its LAPACK paths and
         # their host synchronizations run at run time) instead of tracing Lanczos: Inductor has no
         # complex code generation, and the traced path took 1.6x the eager one (perf/NOTES.md).
-        return torch.ops.liptriton.certify_top_eigenvalue(h, v.to(h.dtype), steps, list(levels), top, refine,
-                                                          power)
+        out = torch.ops.liptriton.certify_top_eigenvalue(h, v.to(h.dtype), steps, list(levels), top, refine,
+                                                         power)
+        return out if index else out[:2]
     path = _path(h, steps, refine)
-    if path != "lanczos":
-        with torch.no_grad():
-            if path == "direct":
-                return certify_direct(h, v, levels)
-            return certify_ranked(h, v, levels, min(top, _RANKED_TOP))
+    with torch.no_grad():
+        if path == "direct":
+            out = certify_direct(h, v, levels)
+        elif path == "ranked":
+            out = certify_ranked(h, v, levels, min(top, _RANKED_TOP))
+        else:
+            bound, v = _certify_lanczos(h, v, steps, levels, top, refine, power)
+            out = (bound, v, top_index(h, v) if index else None)
+    return out if index else out[:2]
+
+
+def _certify_lanczos(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...], top: int, refine: int,
+                     power: int) -> tuple[Tensor, Tensor]:
+    """The Lanczos path of :func:`certify_top_eigenvalue` (CUDA, converging calls): see there."""
     with torch.no_grad():
         # Keep a share of a fixed generic vector in the warm start: a top eigenvector the previous
         # steps did not see (another group, another symmetry class overtaking the old top) then
@@ -267,14 +283,16 @@ def _converge_top(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...], t
 
 @torch.library.custom_op("liptriton::certify_top_eigenvalue", mutates_args=(), device_types="cpu")
 def _certify_op(h: Tensor, v: Tensor, steps: int, levels: list[float], top: int, refine: int,
-                power: int) -> tuple[Tensor, Tensor]:
-    """:func:`certify_top_eigenvalue` as one CPU op for compiled graphs (runs eagerly inside)."""
-    bound, out = certify_top_eigenvalue(h, v, steps, tuple(levels), top, refine, power)
+                power: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`certify_top_eigenvalue` (with ``index=True``) as one CPU op for compiled graphs (runs
+    eagerly inside)."""
+    bound, out, i = certify_top_eigenvalue(h, v, steps, tuple(levels), top, refine, power, index=True)
     # new tensors (an op's outputs must not alias its inputs), contiguous as the fake ones
-    return bound.clone(), out.clone(memory_format=torch.contiguous_format)
+    return bound.clone(), out.clone(memory_format=torch.contiguous_format), i.clone()
 
 
 @_certify_op.register_fake
 def _(h: Tensor, v: Tensor, steps: int, levels: list[float], top: int, refine: int,
-      power: int) -> tuple[Tensor, Tensor]:
-    return h.new_empty((), dtype=h.real.dtype), v.new_empty(v.shape, dtype=h.dtype)
+      power: int) -> tuple[Tensor, Tensor, Tensor]:
+    return (h.new_empty((), dtype=h.real.dtype), v.new_empty(v.shape, dtype=h.dtype),
+            h.new_empty((), dtype=torch.long))

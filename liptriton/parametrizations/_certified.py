@@ -65,9 +65,9 @@ class _Certified(nn.Module):
             steps = self.n_iters_init if fresh else (self.n_iters if update else 0)
             v = _to_gram_space(v.to(_CERT_DTYPE), h)
             if fresh:  # rank every matrix, converge the top ones, refine, certify tightly
-                bound, v_new = certify_top_eigenvalue(h, v, steps, refine=3, power=8)
+                bound, v_new, i = certify_top_eigenvalue(h, v, steps, refine=3, power=8, index=True)
             else:
-                bound, v_new = certify_top_eigenvalue(h, v, steps)
+                bound, v_new, i = certify_top_eigenvalue(h, v, steps, index=True)
             v_new = _to_real(v_new)
             if update or fresh:
                 if self.v.shape != v_new.shape:
@@ -75,7 +75,8 @@ class _Certified(nn.Module):
                 else:
                     self.v.copy_(v_new)
                 self.fresh = False
-            i = top_index(h, _to_gram_space(self.v.to(_CERT_DTYPE), h))
+            else:  # the stored vectors stay: their top block
+                i = top_index(h, _to_gram_space(self.v.to(_CERT_DTYPE), h))
         # The gradient is that of the top block's estimate; clone: the next in-place update must
         # not touch what this graph saved for backward.
         return self._divisor(w, i, bound * self.gather ** 2)
