@@ -19,7 +19,8 @@ def dot(a: Tensor, b: Tensor) -> Tensor:
         >>> float(dot(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])))
         11.0
     """
-    return (a.conj() * b).sum(-1).real if a.is_complex() else (a * b).sum(-1)
+    d = torch.linalg.vecdot(a, b)  # sum(conj(a) * b): one op
+    return d.real if d.is_complex() else d
 
 
 def apply(h: Tensor, v: Tensor) -> Tensor:
@@ -29,7 +30,7 @@ def apply(h: Tensor, v: Tensor) -> Tensor:
         >>> apply(2 * torch.eye(2).expand(3, 2, 2), torch.ones(3, 2)).shape
         torch.Size([3, 2])
     """
-    return (h @ v.unsqueeze(-1)).squeeze(-1)
+    return torch.bmm(h, v.unsqueeze(-1)).squeeze(-1)  # (bmm: fewer ops than matmul's broadcasting)
 
 
 def factorize(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,12 +71,28 @@ def frobenius(h: Tensor) -> Tensor:
 
 
 def generic(n: int, j: float, like: Tensor) -> Tensor:
-    """A fixed vector of length ``n`` with a component on every direction (no host randomness),
-    of ``like``'s dtype and device.
+    """A fixed unit vector of length ``n`` with a component on every direction (no host
+    randomness), of ``like``'s dtype and device: ``cos(k j)`` for k = 1 .. n, normalized. Eagerly
+    it is built once per (n, j, dtype, device) and reused (the certificate takes it several times
+    per training step; callers never modify it).
 
     Examples:
-        >>> generic(3, 1.0, torch.zeros(1)).shape
-        torch.Size([3])
+        >>> v = generic(3, 1.0, torch.zeros(1, dtype=torch.float64))
+        >>> v.shape, round(float(v.norm()), 12)
+        (torch.Size([3]), 1.0)
     """
+    key = (n, j, like.dtype, like.device)
+    compiling = torch.compiler.is_compiling()
+    if not compiling and key in _GENERIC:
+        return _GENERIC[key]
     real = like.real.dtype if like.is_complex() else like.dtype
-    return torch.cos(torch.arange(1, n + 1, dtype=real, device=like.device) * j).to(like.dtype)
+    v = torch.cos(torch.arange(1, n + 1, dtype=real, device=like.device) * j)
+    v = (v / v.norm().clamp_min(1e-300)).to(like.dtype)
+    if not compiling:
+        if len(_GENERIC) >= 256:
+            _GENERIC.clear()
+        _GENERIC[key] = v
+    return v
+
+
+_GENERIC: dict[tuple, Tensor] = {}

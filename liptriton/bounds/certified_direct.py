@@ -32,7 +32,7 @@ __all__ = ["certify_direct", "certify_ranked", "prove_level"]
 _ROUNDS = 4  # rounds for matrices the ranking missed before the Frobenius fallback
 
 
-def certify_direct(h: Tensor, v: Tensor, levels: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+def certify_direct(h: Tensor, v: Tensor, levels: tuple[float, ...]) -> tuple[Tensor, Tensor, Tensor]:
     """Every matrix's top eigenvalue by ``eigvalsh``, the proof at the tightest level, two
     inverse-iteration steps on the top matrix (the other vectors are kept). A matrix that fails
     the test (non-finite, or an eigensolver far off) contributes its Frobenius norm: always valid,
@@ -70,7 +70,8 @@ def certify_direct(h: Tensor, v: Tensor, levels: tuple[float, ...]) -> tuple[Ten
     return each.max() * (1 + MARGIN), F.normalize(v, dim=-1, eps=1e-300).index_copy(0, i, vt), i.reshape(())
 
 
-def certify_ranked(h: Tensor, v: Tensor, levels: tuple[float, ...], top: int) -> tuple[Tensor, Tensor]:
+def certify_ranked(h: Tensor, v: Tensor, levels: tuple[float, ...], top: int
+                   ) -> tuple[Tensor, Tensor, Tensor]:
     """Eager CPU certificate of a large batch: ``eigvalsh`` on the ``top`` matrices ranked by
     their warm vectors' Rayleigh quotients, one factorization of every matrix at their level,
     ``eigvalsh`` and a new factorization for the matrices that failed it (a few rounds; a matrix
@@ -104,7 +105,7 @@ def certify_ranked(h: Tensor, v: Tensor, levels: tuple[float, ...], top: int) ->
     # the power step, from a vector with a share of a generic one (a top direction the warm vector
     # lost comes back)
     v = F.normalize(hv + 0.1 * ritz.abs().clamp_max(1e300)[:, None].to(h.dtype)
-                    * F.normalize(generic(h.shape[-1], 1.6180339887, h), dim=0), dim=-1, eps=1e-300)
+                    * generic(h.shape[-1], 1.6180339887, h), dim=-1, eps=1e-300)
     idx = ritz.topk(min(top, h.shape[0])).indices
     sub = h.index_select(0, idx)
     fro = frobenius(sub)
@@ -178,7 +179,7 @@ def prove_level(h: Tensor, lam: Tensor, level: float, refine: Callable[[Tensor],
 def _inverse_steps(h: Tensor, v: Tensor, factor: Tensor, steps: int) -> Tensor:
     """``steps`` inverse-iteration steps ``v <- (mu I - h)^-1 v`` with the Cholesky factors of
     ``mu I - h`` (batch of the vectors'), from ``v`` plus a share of a generic vector."""
-    v = F.normalize(v, dim=-1, eps=1e-300) + 0.1 * F.normalize(generic(h.shape[-1], 1.6180339887, h), dim=0)
+    v = F.normalize(v, dim=-1, eps=1e-300) + 0.1 * generic(h.shape[-1], 1.6180339887, h)
     for _ in range(steps):
         v = F.normalize(solve(v, factor), dim=-1, eps=1e-300)
     return v

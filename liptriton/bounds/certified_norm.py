@@ -176,7 +176,7 @@ def _certify_lanczos(h: Tensor, v: Tensor, steps: int, levels: tuple[float, ...]
         # (Only when iterating: with steps=0 the given, converged vector is certified as it is.)
         v = F.normalize(v.to(h.dtype), dim=-1, eps=1e-300)
         if steps > 0:
-            v = v + 0.1 * F.normalize(_generic(h.shape[-1], 1.6180339887, h), dim=0)
+            v = v + 0.1 * _generic(h.shape[-1], 1.6180339887, h)
         batch = h.shape[0]
         top = min(top, batch)
         if refine > 1 and steps > 0 and not torch.compiler.is_compiling():  # (eager: it synchronizes)

@@ -43,7 +43,7 @@ def lanczos_top(h: Tensor, v: Tensor, steps: int) -> Tensor:
         # what remains: the next basis vector, so that every direction, the top one included,
         # enters the space again. Otherwise it tilts the space by 1e-6, which Rayleigh-Ritz on the
         # exact projection absorbs (and the proof never relies on the vector).
-        generic = F.normalize(_generic(w.shape[-1], j + 1.6180339887, w), dim=0)
+        generic = _generic(w.shape[-1], j + 1.6180339887, w)
         w = w + (1e-6 * scale).unsqueeze(-1).to(w.dtype) * generic
         qs = torch.stack(basis, -1)  # (batch, q, j + 1)
         for _ in range(2):  # twice is enough (Kahan)

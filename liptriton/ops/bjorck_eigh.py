@@ -66,8 +66,8 @@ def eigh_pays(shape: tuple[int, ...], device: torch.device) -> bool:
 
 
 def _poly(coeffs: tuple[float, ...], y: Tensor) -> Tensor:
-    out = torch.full_like(y, coeffs[-1])
-    for c in reversed(coeffs[:-1]):
+    out = y * coeffs[-1] + coeffs[-2]  # (at least two coefficients: order 1 is c_0 + c_1 y)
+    for c in reversed(coeffs[:-2]):
         out = out * y + c
     return out
 
@@ -130,20 +130,20 @@ def _forward(x: Tensor, steps: int, coeffs: tuple[float, ...]) -> tuple[Tensor, 
     """``(q, top, u, lambda_1, F, ys, qs, hs)`` for matrices ``x`` (B, S, n), S <= n: the iterate,
     the top eigenvector, and what the backward needs."""
     xd = x.double()
-    lam, u = torch.linalg.eigh((xd @ xd.mT).nan_to_num(0.0, 0.0, 0.0))
+    lam, u = torch.linalg.eigh(torch.bmm(xd, xd.mT).nan_to_num(0.0, 0.0, 0.0))
     lam1 = lam[..., -1:].clamp_min(torch.finfo(torch.float64).tiny)
     ys, qs, hs = _trajectory(lam.clamp_min(0) / lam1, steps, coeffs)
     f = hs[-1] * qs[-1] / lam1.sqrt()
-    big_f = (u * f[..., None, :]) @ u.mT
-    return (big_f @ xd).to(x.dtype), u[..., -1].clone(), u, lam1, big_f, ys, qs, hs
+    big_f = torch.bmm(u * f[..., None, :], u.mT)  # (bmm, not matmul: batched 3-D operands, fewer ops)
+    return torch.bmm(big_f, xd).to(x.dtype), u[..., -1].clone(), u, lam1, big_f, ys, qs, hs
 
 
 def _backward(dq: Tensor, x: Tensor, u: Tensor, lam1: Tensor, big_f: Tensor, ys: Tensor, qs: Tensor,
               hs: Tensor, coeffs: tuple[float, ...]) -> Tensor:
     # the gradient's products in the weight's precision (float32: a relative 1e-6 is far below
     # what the optimizer needs); the S x S algebra in float64
-    m = (dq @ x.mT).double()
-    mt = u.mT @ (m + m.mT) @ u
+    m = torch.bmm(dq, x.mT).double()
+    mt = torch.bmm(torch.bmm(u.mT, m + m.mT), u)
     dh = _divided_differences(ys, qs, hs, coeffs)
     scale = lam1[..., None] ** -1.5
     inner = mt * dh * scale
@@ -151,7 +151,7 @@ def _backward(dq: Tensor, x: Tensor, u: Tensor, lam1: Tensor, big_f: Tensor, ys:
     h = hs[-1] * qs[-1]
     c = -(mt.diagonal(dim1=-2, dim2=-1) * (dh.diagonal(dim1=-2, dim2=-1) * ys[0] + 0.5 * h)).sum(-1)
     inner[..., -1, -1] += c * scale[..., 0, 0]
-    return big_f.to(x.dtype) @ dq + (u @ inner @ u.mT).to(x.dtype) @ x
+    return torch.baddbmm(torch.bmm(big_f.to(x.dtype), dq), torch.bmm(torch.bmm(u, inner), u.mT).to(x.dtype), x)
 
 
 class _BjorckEigh(torch.autograd.Function):
