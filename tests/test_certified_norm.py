@@ -10,7 +10,7 @@ from torch import nn
 
 import liptriton
 import liptriton.bounds.certified_norm as certified_norm
-from liptriton.bounds import conv_fourier
+from liptriton.bounds import conv_gram
 from liptriton.bounds.certified_divisor import certified_sigma
 from liptriton.bounds.certified_norm import certify_top_eigenvalue, lanczos_top
 from liptriton.bounds.conv_fourier import fourier_blocks, fourier_gram, fourier_plan
@@ -98,7 +98,7 @@ GEOMETRIES = [
 @pytest.mark.parametrize("make", GEOMETRIES, ids=range(len(GEOMETRIES)))
 def test_frequency_bound_is_above_the_exact_operator_norm(make, one_gemm, monkeypatch):
     # both ways to the tap pairs' Gram: one GEMM (small convolutions) and the pairs t <= u (large)
-    monkeypatch.setattr(conv_fourier, "_ONE_GEMM_WORK", 2**60 if one_gemm else 0)
+    monkeypatch.setattr(conv_gram, "_ONE_GEMM_WORK", 2**60 if one_gemm else 0)
     torch.manual_seed(0)
     conv = make()
     nd = conv.weight.dim() - 2
@@ -239,3 +239,27 @@ def test_certificate_index_is_the_top_block(batch, refine):
     assert float(top.max()) <= float(bound) <= float(top.max()) * 1.003
     bound2, v2 = certify_top_eigenvalue(h, v, 8, refine=refine)  # without the index: same result
     assert float(bound2) == float(bound) and torch.equal(v2, v_new)
+
+
+@pytest.mark.parametrize("make", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3], GEOMETRIES[5], GEOMETRIES[6]],
+                         ids=["wide", "stride2", "groups", "conv1d", "conv3d"])
+def test_compiled_graphs_build_the_gram_blocks_as_one_op(make):
+    """``liptriton::fourier_gram``: the schema and fake checks, the eager values, and a compiled
+    graph calls it (network (a)'s compiled peak memory: perf/NOTES.md)."""
+    torch.manual_seed(0)
+    conv = make()
+    nd = conv.weight.dim() - 2
+    plan = fourier_plan(ConvSpec.from_module(conv), conv.weight.shape, {1: (11,), 2: (7, 6), 3: (4, 3, 3)}[nd])
+    w = conv.weight.detach().double()
+    args = (w, plan.pairs, plan.place, list(plan.dfts), list(plan.lag_shape), plan.groups, plan.phases, plan.wide)
+    torch.library.opcheck(torch.ops.liptriton.fourier_gram, args, test_utils=("test_schema", "test_faketensor"))
+    torch.testing.assert_close(torch.ops.liptriton.fourier_gram(*args), fourier_gram(plan, w), rtol=0, atol=0)
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    compiled = torch.compile(lambda w: fourier_gram(plan, w), backend=backend, fullgraph=True)
+    torch.testing.assert_close(compiled(w), fourier_gram(plan, w), rtol=0, atol=0)
+    assert any("liptriton.fourier_gram" in t for t in seen), seen

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from liptriton.bounds.conv_gram import fourier_gram
 from liptriton.bounds.conv_operator import ConvSpec, _pad_index
 
 __all__ = ["FourierPlan", "fourier_blocks", "fourier_gram", "fourier_plan"]
@@ -211,88 +212,6 @@ def _complex_blocks(plan: FourierPlan, weight: Tensor, index: Tensor | None = No
     if group is not None:
         k = k.index_select(1, group.reshape(1))
     return k[0].flatten(0, 1), k[1].flatten(0, 1)
-
-
-def fourier_gram(plan: FourierPlan, weight: Tensor) -> Tensor:
-    """Return the complex Hermitian Gram matrices ``K^H K`` (or ``K K^H``) of the frequency
-    blocks, as large GEMMs: the real blocks ``B`` of :func:`fourier_blocks` are their real
-    embedding, ``B^T B = [[Re H, -Im H], [Im H, Re H]]`` (same eigenvalues, each twice; the
-    eigenvector ``[x; y]`` of the embedding is ``x + i y``), at half the side.
-
-    ``K^H K = sum_{t,t'} W_t^T W_t' exp(i <w, j_t - j_t'>)``: the Gram of every tap pair (one
-    GEMM), summed per lag (a second), then the lags' discrete Fourier transform one dimension at
-    a time (a complex GEMM per dimension against that dimension's lag range, 5 lags for a 3 x 3
-    kernel), which writes every frequency's complex block at once. Output side (``K K^H``) alike,
-    with the pairs of one phase. Measured against one real GEMM per part over every (lag,
-    frequency) pair plus the complex interleave (one thread): 480 blocks of side 32 (a 32 -> 32
-    conv at 28 x 28) 4.1 -> 1.6 ms; 180 of side 64 5.5 -> 4.3 ms; 60 of side 32 and of side 128
-    equal (the tap pairs' Gram dominates).
-
-    Args:
-        plan: from :func:`fourier_plan`.
-        weight: the convolution weight (float64 for a certificate: the result is complex128).
-
-    Returns:
-        Hermitian positive semi-definite matrices (groups * F, plan.size // 2, plan.size // 2).
-    """
-    co, ci = weight.shape[:2]
-    g, phases = plan.groups, plan.phases
-    wt = weight.reshape(g, co // g, ci, -1)
-    taps = wt.shape[-1]
-    if plan.wide:  # output side: sum_c W[:, c, t] W[:, c, t']^T
-        side = co // g
-        a = wt.permute(0, 3, 1, 2).reshape(g, taps * side, ci)
-    else:  # input side: sum_o W[o, :, t]^T W[o, :, t']
-        side = ci
-        a = wt.permute(0, 3, 2, 1).reshape(g, taps * side, co // g)
-    cls = _lag_grams(a.reshape(g, taps, side, -1), plan.pairs.to(weight.dtype))  # (G, C, side^2)
-    cls = cls.to(torch.promote_types(weight.dtype, torch.complex64))
-    lag_shape = plan.lag_shape
-    cells = math.prod(lag_shape) * (1 if plan.wide else phases * phases)
-    dense = cls.new_zeros(g, cells, side * side).index_copy_(1, plan.place, cls)
-    if not plan.wide:  # rows and columns ordered (channel, phase)
-        dense = (dense.reshape(g, -1, phases, phases, ci, ci).permute(0, 1, 4, 2, 5, 3)
-                 .reshape(g, cells // (phases * phases), -1))
-    # one dimension's lags at a time, the last first: (G, L_1..L_i, F_i+1..F_nd, R) -> (.., F_i, ..)
-    x, done = dense, 1
-    for i in reversed(range(len(lag_shape))):
-        dft = plan.dfts[i].to(x.dtype)
-        x = torch.matmul(dft, x.reshape(-1, lag_shape[i], done * side * side * (1 if plan.wide else phases**2)))
-        done *= dft.shape[0]
-    n = side * (1 if plan.wide else phases)
-    return x.reshape(-1, n, n)
-
-
-# Work ((taps * side)^2 * n) up to which the tap pairs' Gram is one GEMM: network (c)'s 32 -> 32
-# conv at 8 x 8 (9 taps, side 32): fourier_gram in 50 ops instead of 171, its certificate (forward
-# + backward, one thread) 5.6-6.0 -> 5.35-5.6 ms.
-_ONE_GEMM_WORK = 2**24
-
-
-def _lag_grams(a: Tensor, pairs: Tensor) -> Tensor:
-    """``sum`` over the tap pairs of each class of ``a_t a_u^T``, from the pairs ``t <= u`` only
-    (``a_u a_t^T`` is the transpose): half the flops of the Gram of every pair. A small one takes
-    the Gram of every pair in one GEMM instead (fewer ops).
-
-    Args:
-        a: (G, T, side, n) per-tap matrices.
-        pairs: (C, T * T) membership of pair ``(t, u)`` (column ``t T + u``) in each class.
-
-    Returns:
-        (G, C, side * side).
-    """
-    g, taps, side, n = a.shape
-    if (taps * side) ** 2 * n <= _ONE_GEMM_WORK:  # small: every pair in one GEMM (fewer ops, not flops)
-        full = torch.bmm(a.reshape(g, taps * side, n), a.reshape(g, taps * side, n).mT)
-        full = full.reshape(g, taps, side, taps, side).permute(0, 1, 3, 2, 4).reshape(g, taps * taps, side * side)
-        return pairs @ full
-    upper = torch.cat([(a[:, t] @ a[:, t:].reshape(g, -1, a.shape[-1]).mT).reshape(g, side, taps - t, side)
-                       .permute(0, 2, 1, 3) for t in range(taps)], 1)  # (G, P, side, side): pairs t <= u
-    t, u = torch.triu_indices(taps, taps, device=pairs.device)
-    by_pair = pairs.reshape(-1, taps, taps)
-    direct = by_pair[:, t, u]  # (C, P): class of (t, u)
-    mirror = by_pair[:, u, t] * (t != u).to(pairs.dtype)  # class of (u, t), whose block is the transpose
-    return direct @ upper.flatten(2) + mirror @ upper.mT.flatten(2)
 
 
 def fourier_blocks(plan: FourierPlan, weight: Tensor, index: Tensor | None = None) -> Tensor:
