@@ -163,3 +163,34 @@ def test_bound_holds_under_bf16_autocast(method):
         s = dense_singular_values(w)
         limit = 1.0 * (1 + BOUND_SLACK) * (1 if method != "frobenius" else 4.0)  # disjoint rows: sqrt(16)
         assert s.max() <= limit
+
+
+@pytest.mark.parametrize("method", ["bjorck", "spectral", "householder"])
+def test_inference_mode_then_training(method):
+    """A first forward (or an eval at a new input size) under torch.inference_mode creates the
+    states' tensors there; training afterwards must update them (inference tensors refuse in-place
+    updates outside inference mode), and the bound must still hold after each step."""
+    from tests._measure import exact_conv_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(getattr(liptriton, method)(nn.Conv2d(4, 6, 3, padding=1)), nn.Flatten(),
+                          getattr(liptriton, method)(nn.Linear(6 * 10 * 10, 3)))
+    x = torch.randn(2, 4, 10, 10)
+    model.eval()
+    with torch.inference_mode():
+        model(x)  # first use: the conv's input size is learned here
+        model(torch.randn(2, 4, 12, 12)[..., :10, :10])
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+        assert exact_conv_norm(model[0], model[0].weight.detach(), (10, 10)) <= 1 + BOUND_SLACK
+    model.eval()
+    with torch.inference_mode():
+        ref = model(x)
+    model.train()
+    model(x).sum().backward()  # training again after an eval cache made under inference mode
+    model.eval()
+    assert_close(model(x), ref)  # outside inference mode the cache is updated in place (same weight)

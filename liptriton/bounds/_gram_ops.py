@@ -82,7 +82,7 @@ def generic(n: int, j: float, like: Tensor) -> Tensor:
         (torch.Size([3]), 1.0)
     """
     key = (n, j, like.dtype, like.device)
-    compiling = torch.compiler.is_compiling()
+    compiling = torch.compiler.is_compiling() or torch.is_inference_mode_enabled()  # (no inference tensor kept)
     if not compiling and key in _GENERIC:
         return _GENERIC[key]
     real = like.real.dtype if like.is_complex() else like.dtype

@@ -166,7 +166,26 @@ class LipschitzParametrization(nn.Module):
         self._cache_key = _key(w)
         return cache
 
+    def _note_mode(self) -> None:
+        """Tensors that this parametrization and its states create under ``torch.inference_mode``
+        (a first forward at a new input size, the eval cache) are inference tensors, which
+        cannot be updated in place outside it: the first call outside inference mode after one
+        inside replaces them by normal copies (one flag check per call otherwise)."""
+        if torch.compiler.is_compiling():
+            return
+        if torch.is_inference_mode_enabled():
+            self._inference_seen = True
+        elif getattr(self, "_inference_seen", False):
+            self._inference_seen = False
+            for mod in self.modules():
+                for name, buf in mod._buffers.items():
+                    if buf is not None and buf.is_inference():
+                        mod._buffers[name] = buf.clone()
+            if self._cache is not None and self._cache.is_inference():
+                self._cache = self._cache.clone()
+
     def forward(self, w: Tensor) -> Tensor:
+        self._note_mode()
         if self.training or (torch.is_grad_enabled() and w.requires_grad) or w.grad_fn is not None:
             return self._compute(w)
         cache = self._cache
@@ -234,6 +253,7 @@ class LipschitzParametrization(nn.Module):
             w: the tensor this parametrization receives (None: the registered original).
             steps: power steps from the current state (None: ``n_iters_init``).
         """
+        self._note_mode()
         explicit = w is not None
         if w is None:
             w = getattr(self._owner[0], "original", None) if self._owner else None
