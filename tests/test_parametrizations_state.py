@@ -165,28 +165,29 @@ def test_bound_holds_under_bf16_autocast(method):
         assert s.max() <= limit
 
 
+@pytest.mark.parametrize("c_in, c_out, n", [(4, 6, 10), (8, 16, 12)], ids=["dense", "fourier"])
 @pytest.mark.parametrize("method", ["bjorck", "spectral", "householder"])
-def test_inference_mode_then_training(method):
+def test_inference_mode_then_training(method, c_in, c_out, n):
     """A first forward (or an eval at a new input size) under torch.inference_mode creates the
     states' tensors there; training afterwards must update them (inference tensors refuse in-place
     updates outside inference mode), and the bound must still hold after each step."""
     from tests._measure import exact_conv_norm
 
     torch.manual_seed(0)
-    model = nn.Sequential(getattr(liptriton, method)(nn.Conv2d(4, 6, 3, padding=1)), nn.Flatten(),
-                          getattr(liptriton, method)(nn.Linear(6 * 10 * 10, 3)))
-    x = torch.randn(2, 4, 10, 10)
+    model = nn.Sequential(getattr(liptriton, method)(nn.Conv2d(c_in, c_out, 3, padding=1)), nn.Flatten(),
+                          getattr(liptriton, method)(nn.Linear(c_out * n * n, 3)))
+    x = torch.randn(2, c_in, n, n)
     model.eval()
     with torch.inference_mode():
-        model(x)  # first use: the conv's input size is learned here
-        model(torch.randn(2, 4, 12, 12)[..., :10, :10])
+        model(x)  # first use: the conv's input size is learned here (its method: c_in, c_out, n)
+    assert model[0].parametrizations.weight[0].conv.method == ("dense" if c_in == 4 else "fourier")
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(3):
         opt.zero_grad()
         model(x).square().sum().backward()
         opt.step()
-        assert exact_conv_norm(model[0], model[0].weight.detach(), (10, 10)) <= 1 + BOUND_SLACK
+        assert exact_conv_norm(model[0], model[0].weight.detach(), (n, n)) <= 1 + BOUND_SLACK
     model.eval()
     with torch.inference_mode():
         ref = model(x)
