@@ -62,6 +62,9 @@ def test_non_finite_matrix_gives_a_non_finite_bound(bad, path):
     h[1, 2, 2] = bad
     bound, _ = certify_top_eigenvalue(h, torch.ones(3, 4, dtype=torch.float64), 8)
     assert not torch.isfinite(bound)
+    # with the divisor's block index too: still not finite, and the index a valid block
+    bound, _, i = certify_top_eigenvalue(h, torch.ones(3, 4, dtype=torch.float64), 8, index=True)
+    assert not torch.isfinite(bound) and i.dim() == 0 and 0 <= int(i) < 3
 
 
 def test_certificate_with_a_stale_vector_is_still_a_bound():
